@@ -1,0 +1,326 @@
+"""Camera and picture sources, chosen by URI (the source is a URI, as in jetson-inference).
+
+    with open_source("0") as source:           # or "/dev/video0", "clip.mp4", "rtsp://...", "photos/"
+        for frame in source:                    # Frame(image=BGR uint8 HxWx3, index, timestamp)
+            ...
+
+Every source delivers OpenCV's BGR uint8 pictures; `read()` returns None at the end of a finite source
+(a video file, a folder) and raises SourceError when a live source (camera, stream) stops delivering.
+This module touches hardware only: it imports the standard library, numpy and OpenCV, nothing else.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
+ACCEPTED_FORMS = (
+    "a camera index ('0') or V4L2 device ('/dev/video0')",
+    "a video file",
+    "a folder of images",
+    "an rtsp://, http:// or https:// stream URL",
+)
+# How long an unreachable network stream may hold up open() and read() before it counts as failed.
+STREAM_OPEN_TIMEOUT_MS = 10_000
+STREAM_READ_TIMEOUT_MS = 10_000
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or stopped delivering frames; the message names it."""
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # BGR uint8, (H, W, 3)
+    index: int  # 0, 1, 2, ... in delivery order
+    timestamp: float  # time.time() when the frame was captured
+
+
+def _accepted() -> str:
+    return "accepted sources: " + "; ".join(ACCEPTED_FORMS)
+
+
+def redact(uri: str) -> str:
+    """A URI safe to print: the password of rtsp://user:password@host is replaced by ***."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    """Whatever OpenCV delivered -> BGR uint8 (H, W, 3)."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    return image
+
+
+class Source:
+    """A context manager delivering Frames. Subclasses implement `_open`, `_read` and `_close`.
+
+    `uri` is what the source was opened from; `fps` is the nominal frame rate (None when unknown).
+    Iterating a source reads it to its end.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.fps: float | None = None
+        self._index = 0
+        self._opened = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened
+
+    def open(self) -> "Source":
+        """Open the source (idempotent); raises SourceError naming it when it cannot be opened."""
+        if not self._opened:
+            self._open()
+            self._opened = True
+        return self
+
+    def read(self) -> Frame | None:
+        """The next frame, or None at the end of a finite source."""
+        if not self._opened:
+            raise SourceError(f"{self!r} is not open: call open() or use it in a with block")
+        captured = self._read()
+        if captured is None:
+            return None
+        image, timestamp = captured
+        frame = Frame(image=_as_bgr(image), index=self._index, timestamp=timestamp)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            self._close()
+
+    def __enter__(self) -> "Source":
+        return self.open()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __iter__(self):
+        while (frame := self.read()) is not None:
+            yield frame
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({redact(self.uri)!r})"
+
+    # --- for subclasses ---
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _read(self) -> tuple[np.ndarray, float] | None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+
+class _CaptureSource(Source):
+    """A source read through cv2.VideoCapture."""
+
+    live = False  # a live source that stops delivering is an error, not an end
+
+    def __init__(self, uri: str):
+        super().__init__(uri)
+        self._capture: cv2.VideoCapture | None = None
+
+    def _create_capture(self) -> cv2.VideoCapture:
+        raise NotImplementedError
+
+    def _open_failed(self) -> str:
+        raise NotImplementedError
+
+    def _open(self) -> None:
+        capture = self._create_capture()
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(self._open_failed())
+        self._capture = capture
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else None
+
+    def _read(self) -> tuple[np.ndarray, float] | None:
+        # grab() takes the frame from the device; the timestamp is taken then, before decoding.
+        if self._capture.grab():
+            timestamp = time.time()
+            ok, image = self._capture.retrieve()
+            if ok and image is not None and image.size:
+                return image, timestamp
+        if self.live:
+            raise SourceError(f"{self!r} stopped delivering frames (disconnected, or the stream ended)")
+        return None
+
+    def _close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+class CameraSource(_CaptureSource):
+    """A local camera: an index (0, 1, ...) or a V4L2 device path (/dev/video0), through OpenCV."""
+
+    live = True
+
+    def __init__(self, uri: str, device: int | str):
+        super().__init__(uri)
+        self.device = device
+
+    def _create_capture(self) -> cv2.VideoCapture:
+        if isinstance(self.device, str) and not os.path.exists(self.device):
+            raise SourceError(f"Camera '{self.device}' not found: no such device. {self._devices_present()}")
+        api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
+        return cv2.VideoCapture(self.device, api)
+
+    def _open_failed(self) -> str:
+        return (
+            f"Camera {self.uri!r} could not be opened: not found, busy (in use by another process) "
+            f"or no permission (on Linux: is the user in the 'video' group?). {self._devices_present()}"
+        )
+
+    @staticmethod
+    def _devices_present() -> str:
+        if not sys.platform.startswith("linux"):
+            return ""
+        devices = sorted(glob.glob("/dev/video*"), key=lambda p: int(re.sub(r"\D", "", p) or 0))
+        return f"Video devices present: {', '.join(devices)}" if devices else "No /dev/video* devices are present."
+
+
+class VideoFileSource(_CaptureSource):
+    """A video file (anything OpenCV's FFmpeg backend decodes); finite: read() returns None at its end."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(os.fspath(path))
+        self.path = Path(path)
+
+    def _create_capture(self) -> cv2.VideoCapture:
+        if not self.path.is_file():
+            raise SourceError(f"Video file '{self.path}' does not exist")
+        return cv2.VideoCapture(str(self.path), cv2.CAP_ANY)
+
+    def _open_failed(self) -> str:
+        return f"'{self.path}' is not a video file OpenCV can decode (or it is corrupt)"
+
+
+class StreamSource(_CaptureSource):
+    """A network stream (rtsp://, http://, https://) through OpenCV's FFmpeg backend."""
+
+    live = True
+
+    def _create_capture(self) -> cv2.VideoCapture:
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS,
+        ]  # fmt: skip
+        return cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, params)
+
+    def _open_failed(self) -> str:
+        return (
+            f"Stream {redact(self.uri)!r} could not be opened within {STREAM_OPEN_TIMEOUT_MS / 1000:g} s: "
+            "unreachable, wrong path or credentials, or a format FFmpeg cannot read"
+        )
+
+
+class ImageFolderSource(Source):
+    """The image files of a folder (not its subfolders), in sorted name order; finite.
+
+    Files OpenCV cannot decode are skipped with a warning.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        super().__init__(os.fspath(folder))
+        self.folder = Path(folder)
+        self.files: list[Path] = []
+        self._next = 0
+
+    def _open(self) -> None:
+        if not self.folder.is_dir():
+            raise SourceError(f"Image folder '{self.folder}' does not exist")
+        self.files = sorted(
+            p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not self.files:
+            raise SourceError(f"Folder '{self.folder}' has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self._next = 0
+
+    def _read(self) -> tuple[np.ndarray, float] | None:
+        while self._next < len(self.files):
+            path = self.files[self._next]
+            self._next += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None or image.size == 0:
+                logger.warning("Skipping '%s': not a decodable image", path)
+                continue
+            return image, time.time()
+        return None
+
+
+def open_source(uri: str | int | os.PathLike) -> Source:
+    """Open a source by URI and return it, opened (use it as a context manager to close it).
+
+    "0", "1", ... or "/dev/videoN": a camera through V4L2; "rtsp://", "http://", "https://": a network
+    stream; an existing folder: its images; an existing file: a video. A number always means a camera.
+    """
+    if isinstance(uri, bool) or not isinstance(uri, (str, int, os.PathLike)):
+        raise TypeError(f"A source URI is a string, got {type(uri).__name__}")
+    text = str(uri) if isinstance(uri, int) else os.fspath(uri)
+    source = _source_for(text)
+    source.open()
+    return source
+
+
+def _source_for(uri: str) -> Source:
+    if not uri.strip():
+        raise ValueError(f"Empty source URI; {_accepted()}")
+    if uri.isdigit():
+        return CameraSource(uri, int(uri))
+    if re.fullmatch(r"/dev/video\d+", uri):
+        return CameraSource(uri, uri)
+    lowered = uri.lower()
+    if lowered == "picamera2" or lowered.startswith("csi://"):
+        raise ValueError(
+            f"Camera source {uri!r} is not supported by this version of edgevision (Raspberry Pi CSI cameras "
+            f"through picamera2 and Jetson csi:// cameras are unsupported); {_accepted()}"
+        )
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0].lower()
+        if scheme in STREAM_SCHEMES:
+            return StreamSource(uri)
+        raise ValueError(f"Unsupported URL scheme {scheme!r} in source {redact(uri)!r}; {_accepted()}")
+    path = Path(uri)
+    if path.is_dir():
+        return ImageFolderSource(path)
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            raise ValueError(
+                f"Source {uri!r} is a single image, not a video; put it in a folder and pass the folder "
+                f"(or classify it as a file); {_accepted()}"
+            )
+        return VideoFileSource(path)
+    raise ValueError(f"Unknown source {uri!r}: no such file or folder, and not a camera or stream URL; {_accepted()}")

@@ -1,0 +1,176 @@
+"""The bundle: the one contract between export and the device runtime.
+
+A bundle is a folder with one file per model artifact and `bundle.json`, which says everything the
+runtime needs and trusts: labels, the input spec, the preprocessing policy, and per artifact its sha256,
+size, tensor types and the parity figures measured at export. `export/` writes it with `Bundle.to_dict`;
+the runtime reads it with `Bundle.load` and refuses an artifact whose bytes do not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .preprocess import PreprocessPolicy
+
+SCHEMA_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+FORMATS = ("tflite", "onnx")
+TENSOR_DTYPES = ("float32", "uint8", "int8")
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, malformed, or whose files do not match what bundle.json says."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """dtype of a model input or output, and its quantization (real = scale * (q - zero_point))."""
+
+    dtype: str = "float32"
+    scale: float | None = None
+    zero_point: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in TENSOR_DTYPES:
+            raise BundleError(f"Unknown tensor dtype {self.dtype!r}; allowed: {', '.join(TENSOR_DTYPES)}")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One model file of the bundle."""
+
+    file: str
+    format: str
+    precision: str
+    sha256: str
+    bytes: int
+    input: TensorSpec = field(default_factory=TensorSpec)
+    output: TensorSpec = field(default_factory=TensorSpec)
+    # Parity and speed measured at export on held-out images through the runtime's own code.
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise BundleError(f"Artifact {self.file!r} has unknown format {self.format!r}; allowed: {', '.join(FORMATS)}")
+        if os.path.basename(self.file) != self.file:
+            raise BundleError(f"Artifact file {self.file!r} must be a plain file name inside the bundle folder")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Artifact":
+        data = dict(data)
+        data["input"] = TensorSpec(**data.get("input", {}))
+        data["output"] = TensorSpec(**data.get("output", {}))
+        return cls(**data)
+
+
+@dataclass
+class Bundle:
+    labels: list[str]
+    preprocess: PreprocessPolicy
+    artifacts: dict[str, Artifact]
+    default_artifact: str
+    channel_order: str = "RGB"
+    layout: str = "NHWC"
+    # Normalization is inside every graph: models take raw 0-255 RGB pixels.
+    normalization: str = "in_graph"
+    provenance: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    folder: Path | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2:
+            raise BundleError(f"A bundle needs at least 2 labels, got {self.labels!r}")
+        if self.default_artifact not in self.artifacts:
+            raise BundleError(
+                f"Default artifact {self.default_artifact!r} is not one of the bundle's artifacts: "
+                f"{', '.join(self.artifacts) or 'none'}"
+            )
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "labels": list(self.labels),
+            "input": {
+                "height": self.preprocess.height,
+                "width": self.preprocess.width,
+                "channels": 3,
+                "channel_order": self.channel_order,
+                "layout": self.layout,
+                "value_range": [0, 255],
+            },
+            "preprocess": self.preprocess.to_dict(),
+            "normalization": self.normalization,
+            "default_artifact": self.default_artifact,
+            "artifacts": {name: asdict(a) for name, a in self.artifacts.items()},
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, folder: Path | None = None) -> "Bundle":
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(f"Unsupported bundle schema version {version!r}; this edgevision reads version {SCHEMA_VERSION}")
+        try:
+            return cls(
+                labels=list(data["labels"]),
+                preprocess=PreprocessPolicy.from_dict(data["preprocess"]),
+                artifacts={name: Artifact.from_dict(a) for name, a in data["artifacts"].items()},
+                default_artifact=data["default_artifact"],
+                channel_order=data["input"]["channel_order"],
+                layout=data["input"]["layout"],
+                normalization=data.get("normalization", "in_graph"),
+                provenance=data.get("provenance", {}),
+                folder=folder,
+            )
+        except KeyError as missing:
+            raise BundleError(f"bundle.json is missing the key {missing}") from None
+        except TypeError as bad:
+            raise BundleError(f"bundle.json has a malformed entry: {bad}") from None
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Bundle":
+        folder = Path(folder)
+        path = folder / BUNDLE_FILE
+        if not folder.is_dir():
+            raise BundleError(f"Bundle folder '{folder}' does not exist")
+        if not path.is_file():
+            raise BundleError(f"'{folder}' is not a bundle: it has no {BUNDLE_FILE} (write one with `edgevision export`)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+            raise BundleError(f"'{path}' is not valid JSON: {bad}") from None
+        return cls.from_dict(data, folder=folder)
+
+    def artifact(self, name: str | None = None) -> Artifact:
+        name = name or self.default_artifact
+        if name not in self.artifacts:
+            raise BundleError(f"Unknown artifact {name!r}; this bundle has: {', '.join(self.artifacts)}")
+        return self.artifacts[name]
+
+    def verified_path(self, name: str | None = None) -> Path:
+        """Path of an artifact after checking its size and sha256; a missing, truncated or tampered
+        file is refused here, before any engine parses it."""
+        artifact = self.artifact(name)
+        if self.folder is None:
+            raise BundleError("This bundle was not loaded from a folder; it has no files to verify")
+        path = self.folder / artifact.file
+        if not path.is_file():
+            raise BundleError(f"Model file '{path}' is missing")
+        size = path.stat().st_size
+        if size != artifact.bytes:
+            raise BundleError(f"Model file '{path}' is {size} bytes, bundle.json says {artifact.bytes}: truncated or replaced")
+        if file_sha256(path) != artifact.sha256:
+            raise BundleError(f"Model file '{path}' does not match its sha256 in bundle.json: modified or corrupt")
+        return path

@@ -1,0 +1,373 @@
+"""Inference engines: one interpreter or session per model file, built once, run on prepared batches.
+
+An engine takes what `prepare()` produces, stacked: an (N, H, W, 3) uint8 RGB batch of raw 0-255 pixels
+(normalization lives inside every graph), and returns float32 probabilities of shape (N, classes). The
+conversion to the model's input type is decided once, when the engine opens, from the model's own tensor
+details, and checked against what bundle.json says:
+
+- uint8 input with scale 1 / zero-point 0 (or no quantization): the pixels are fed as they are;
+- float input: the pixels are cast (0-255 floats; the graph normalizes);
+- other quantized input (int8, or uint8 with another scale): quantized with the tensor's scale and
+  zero-point, real = scale * (q - zero_point);
+- quantized outputs are dequantized the same way.
+
+The engines themselves are optional packages, imported here lazily, inside the function that opens a
+model: a device installs only the one it uses. Engines are not thread-safe: use one per thread.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .bundle import Artifact, BundleError, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+LITERT_EXTRA = "pip install 'edgevision[runtime]'"
+ONNX_EXTRA = "pip install 'edgevision[onnx]'"
+# Execution providers in order of preference: TensorRT and CUDA where they exist (Jetson), else CPU.
+ONNX_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot load or run a model file (as opposed to a file that fails verification)."""
+
+
+class EngineUnavailableError(ImportError):
+    """The package an engine needs is not installed; the message names the extra to install."""
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (respects taskset / cgroup CPU affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_threads(threads: int | None) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None (use all cores), got {threads!r}")
+    return int(threads)
+
+
+def quantize(values: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
+    """Real values -> integers of `dtype` with real = scale * (q - zero_point), rounded and saturated."""
+    info = np.iinfo(dtype)
+    q = np.rint(values.astype(np.float32) * np.float32(1.0 / scale)) + np.float32(zero_point)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Integers -> float32 real values, real = scale * (q - zero_point)."""
+    return (values.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
+class _InputCodec:
+    """How a uint8 pixel batch becomes the model's input tensor; decided once per engine."""
+
+    def __init__(self, dtype: np.dtype, scale: float | None, zero_point: int | None, where: str):
+        self.dtype = np.dtype(dtype)
+        self.scale = scale
+        self.zero_point = zero_point
+        quantized = bool(scale)  # TFLite reports scale 0.0 for "not quantized"
+        if self.dtype.kind == "f":
+            self.mode = "cast"
+        elif self.dtype == np.uint8 and (not quantized or (scale == 1.0 and zero_point == 0)):
+            self.mode = "raw"  # camera pixels go in as they are: no arithmetic at all
+        elif self.dtype.kind in "iu" and quantized:
+            self.mode = "quantize"
+        else:
+            raise EngineError(
+                f"{where}: input tensor type {self.dtype} without quantization parameters cannot take "
+                "0-255 pixels; expected float32, uint8, or a quantized integer input"
+            )
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.mode == "raw":
+            return batch
+        if self.mode == "cast":
+            return batch.astype(self.dtype)
+        return quantize(batch, self.dtype, self.scale, self.zero_point)
+
+
+class _OutputCodec:
+    """Model output -> float32 probabilities (dequantized where the output is quantized)."""
+
+    def __init__(self, dtype: np.dtype, scale: float | None, zero_point: int | None, where: str):
+        self.dtype = np.dtype(dtype)
+        self.scale = scale
+        self.zero_point = zero_point
+        if self.dtype.kind == "f":
+            self.dequantize = False
+        elif self.dtype.kind in "iu" and scale:
+            self.dequantize = True
+        else:
+            raise EngineError(
+                f"{where}: output tensor type {self.dtype} has no quantization parameters; "
+                "cannot turn it into probabilities"
+            )
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        if self.dequantize:
+            return dequantize(values, self.scale, self.zero_point)
+        return values.astype(np.float32, copy=False)
+
+
+def _check_spec(
+    where: str, role: str, spec: TensorSpec, dtype: np.dtype, scale: float | None, zero_point: int | None
+) -> None:
+    """The model's own tensor details must agree with what bundle.json promises."""
+    if spec.dtype != np.dtype(dtype).name:
+        raise BundleError(
+            f"{where}: bundle.json says the {role} is {spec.dtype}, the model's {role} is {np.dtype(dtype).name}"
+        )
+    if spec.scale is not None and scale and not np.isclose(spec.scale, scale, rtol=1e-6, atol=0.0):
+        raise BundleError(f"{where}: bundle.json says the {role} scale is {spec.scale}, the model says {scale}")
+    if spec.zero_point is not None and scale and int(spec.zero_point) != int(zero_point or 0):
+        raise BundleError(
+            f"{where}: bundle.json says the {role} zero-point is {spec.zero_point}, the model says {zero_point}"
+        )
+
+
+def _static_dim(value) -> int | None:
+    return int(value) if isinstance(value, (int, np.integer)) and value > 0 else None
+
+
+class Engine:
+    """A loaded model. `run` takes an (N, H, W, 3) uint8 RGB batch and returns (N, C) float32 probabilities.
+
+    Subclasses set `input_hw` ((height, width); None where the model leaves a dimension open) and
+    `num_classes` (None where the model does not say) when they open, and implement `_run_batch`.
+    """
+
+    name: ClassVar[str] = ""
+    formats: ClassVar[tuple[str, ...]] = ()
+
+    path: Path
+    input_hw: tuple[int | None, int | None]
+    num_classes: int | None
+    # Fixed batch size of the model file, or None when the batch dimension is dynamic.
+    model_batch: int | None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+            got = f"{batch.dtype} {tuple(batch.shape)}" if isinstance(batch, np.ndarray) else type(batch).__name__
+            raise ValueError(f"Expected a uint8 batch of shape (N, H, W, 3), got {got}")
+        height, width = self.input_hw
+        if (height is not None and batch.shape[1] != height) or (width is not None and batch.shape[2] != width):
+            raise ValueError(
+                f"Batch images are {batch.shape[1]}x{batch.shape[2]}, the model takes {height}x{width}: "
+                "prepare them with the bundle's preprocessing policy"
+            )
+        if len(batch) == 0:
+            return np.zeros((0, self.num_classes or 0), np.float32)
+        batch = np.ascontiguousarray(batch)
+        fixed = self.model_batch
+        if fixed is None or len(batch) == fixed:
+            return self._run_batch(batch)
+        # A model exported with a fixed batch size: run it chunk by chunk, padding the last chunk.
+        outputs = []
+        for start in range(0, len(batch), fixed):
+            chunk = batch[start : start + fixed]
+            count = len(chunk)
+            if count < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - count, *chunk.shape[1:]), chunk.dtype)])
+            outputs.append(self._run_batch(chunk)[:count])
+        return np.concatenate(outputs)
+
+    @property
+    def input_conversion(self) -> str:
+        """How pixels become the input tensor: "raw" (fed as they are), "cast" (to float) or "quantize"."""
+        return self._encode.mode
+
+    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+
+def _litert_interpreter_class():
+    """ai-edge-litert, else tflite-runtime, else (heavy, last resort) tensorflow.lite."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise EngineUnavailableError(
+            "The LiteRT engine needs a TFLite interpreter and none is installed: "
+            f"{LITERT_EXTRA} (ai-edge-litert; where it has no wheel, pip install tflite-runtime)"
+        ) from None
+    logger.warning("Running TFLite models with tensorflow.lite; %s is much lighter", LITERT_EXTRA)
+    return tf.lite.Interpreter
+
+
+class LiteRTEngine(Engine):
+    """TFLite models through the LiteRT interpreter (XNNPACK on CPU)."""
+
+    name = "litert"
+    formats = ("tflite",)
+
+    def __init__(self, path: str | os.PathLike, artifact: Artifact, threads: int | None = None):
+        threads = _check_threads(threads)
+        self.path = Path(path)
+        self.artifact = artifact
+        # The interpreter's own default is a single thread; None means all the cores we may use.
+        self.threads = threads if threads is not None else usable_cpus()
+        Interpreter = _litert_interpreter_class()
+        where = f"'{self.path}'"
+        try:
+            self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as error:
+            raise EngineError(f"LiteRT could not load {where}: {error}") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise EngineError(
+                f"{where} has {len(inputs)} inputs and {len(outputs)} outputs; a classifier has one of each"
+            )
+        inp, out = inputs[0], outputs[0]
+        shape = [int(d) for d in inp["shape"]]
+        signature = [int(d) for d in inp.get("shape_signature", inp["shape"])]
+        if len(shape) != 4 or shape[3] != 3:
+            raise EngineError(f"{where} takes input of shape {shape}; expected NHWC (batch, height, width, 3)")
+        self._input_index = inp["index"]
+        self._output_index = out["index"]
+        self.input_hw = (shape[1], shape[2])
+        self.model_batch = None if signature[0] == -1 else shape[0]
+        self._current_batch = shape[0]
+        if len(out["shape"]) != 2:
+            raise EngineError(f"{where} produces output of shape {list(out['shape'])}; expected (batch, classes)")
+        self.num_classes = _static_dim(out["shape"][-1])
+        in_scale, in_zero = inp["quantization"]
+        out_scale, out_zero = out["quantization"]
+        _check_spec(where, "input", artifact.input, inp["dtype"], in_scale, in_zero)
+        _check_spec(where, "output", artifact.output, out["dtype"], out_scale, out_zero)
+        self._encode = _InputCodec(inp["dtype"], in_scale, in_zero, where)
+        self._decode = _OutputCodec(out["dtype"], out_scale, out_zero, where)
+
+    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
+        interpreter = self._interpreter
+        if len(batch) != self._current_batch:
+            # Only when the batch size changes (the camera loop always sends 1): re-plan once, reuse after.
+            interpreter.resize_tensor_input(self._input_index, [len(batch), *batch.shape[1:]])
+            interpreter.allocate_tensors()
+            self._current_batch = len(batch)
+        interpreter.set_tensor(self._input_index, self._encode(batch))
+        interpreter.invoke()
+        return self._decode(interpreter.get_tensor(self._output_index))
+
+
+_ONNX_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+class OnnxEngine(Engine):
+    """ONNX models through onnxruntime: TensorRT or CUDA execution providers where present, else CPU.
+
+    ONNX has no quantization parameters on graph inputs and outputs: an integer input or output uses the
+    scale and zero-point that bundle.json gives (QDQ models keep float32 inputs and outputs).
+    """
+
+    name = "onnxruntime"
+    formats = ("onnx",)
+
+    def __init__(self, path: str | os.PathLike, artifact: Artifact, threads: int | None = None):
+        threads = _check_threads(threads)
+        self.path = Path(path)
+        self.artifact = artifact
+        self.threads = threads
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EngineUnavailableError(f"The onnxruntime engine is not installed: {ONNX_EXTRA}") from None
+        where = f"'{self.path}'"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default, one per physical core
+        available = ort.get_available_providers()
+        self.providers = [p for p in ONNX_PROVIDERS if p in available] or list(available)
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
+        except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
+            raise EngineError(f"onnxruntime could not load {where}: {error}") from None
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise EngineError(
+                f"{where} has {len(inputs)} inputs and {len(outputs)} outputs; a classifier has one of each"
+            )
+        inp, out = inputs[0], outputs[0]
+        if inp.type not in _ONNX_TYPES or out.type not in _ONNX_TYPES:
+            raise EngineError(f"{where}: unsupported tensor types {inp.type} -> {out.type}")
+        shape = list(inp.shape)
+        if len(shape) != 4 or shape[3] != 3:
+            raise EngineError(f"{where} takes input of shape {shape}; expected NHWC (batch, height, width, 3)")
+        self._input_name = inp.name
+        self._output_name = out.name
+        self.input_hw = (_static_dim(shape[1]), _static_dim(shape[2]))
+        self.model_batch = _static_dim(shape[0])
+        if len(out.shape) != 2:
+            raise EngineError(f"{where} produces output of shape {list(out.shape)}; expected (batch, classes)")
+        self.num_classes = _static_dim(out.shape[-1])
+        in_dtype, out_dtype = np.dtype(_ONNX_TYPES[inp.type]), np.dtype(_ONNX_TYPES[out.type])
+        _check_spec(where, "input", artifact.input, in_dtype, None, None)
+        _check_spec(where, "output", artifact.output, out_dtype, None, None)
+        self._encode = _InputCodec(in_dtype, artifact.input.scale, artifact.input.zero_point, where)
+        self._decode = _OutputCodec(out_dtype, artifact.output.scale, artifact.output.zero_point, where)
+
+    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
+        result = self._session.run([self._output_name], {self._input_name: self._encode(batch)})[0]
+        return self._decode(result)
+
+
+ENGINES: dict[str, type[Engine]] = {"litert": LiteRTEngine, "onnxruntime": OnnxEngine}
+DEFAULT_ENGINE = {"tflite": "litert", "onnx": "onnxruntime"}
+
+
+def resolve_engine(artifact: Artifact, engine: str | None = None) -> str:
+    """The engine name for an artifact: the given one after checking it can read the format, else the
+    default for the artifact's format."""
+    if engine is None:
+        return DEFAULT_ENGINE[artifact.format]
+    if engine not in ENGINES:
+        close = difflib.get_close_matches(str(engine), ENGINES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"Unknown engine {engine!r}; choose one of {', '.join(ENGINES)}{hint}")
+    if artifact.format not in ENGINES[engine].formats:
+        raise ValueError(
+            f"Engine {engine!r} cannot read {artifact.format} models ({artifact.file}); "
+            f"use {DEFAULT_ENGINE[artifact.format]!r} or pick an artifact in "
+            f"{', '.join(ENGINES[engine].formats)} format"
+        )
+    return engine
+
+
+def open_engine(
+    path: str | os.PathLike, artifact: Artifact, engine: str | None = None, threads: int | None = None
+) -> Engine:
+    """Open a model file once. `path` must already be verified (Bundle.verified_path)."""
+    return ENGINES[resolve_engine(artifact, engine)](path, artifact, threads)

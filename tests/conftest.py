@@ -1,0 +1,267 @@
+"""Shared pytest fixtures, one marked section per part of the package.
+
+Heavy packages (TensorFlow, Keras) are imported inside the fixtures that need them, never at the top of
+this file: tests that do not use those fixtures must not pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+# --- runtime fixtures ---
+# Owned by the runtime: a tiny but real exported bundle (Keras model -> TFLite fp32 / int8 and a
+# hand-written ONNX graph of the same weights) and "real-ish" test pictures.
+
+TINY_LABELS = ["a", "b", "c"]
+TINY_SIZE = 32
+
+
+@dataclass
+class TinyBundle:
+    folder: Path
+    keras_model: object  # the Keras model every artifact was made from
+    labels: list
+    artifacts: dict  # artifact name -> file name, as in bundle.json
+
+    def reference(self, batch: np.ndarray) -> np.ndarray:
+        """The Keras model's probabilities for a prepared (N, 32, 32, 3) uint8 batch."""
+        return np.asarray(self.keras_model(batch.astype(np.float32), training=False), dtype=np.float32)
+
+
+def realish_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A BGR uint8 picture with structure (gradients, shapes, noise), not flat noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.empty((height, width, 3), np.float32)
+    for c in range(3):
+        fx, fy, phase = rng.uniform(0.5, 4.0), rng.uniform(0.5, 4.0), rng.uniform(0, 2 * np.pi)
+        image[..., c] = 127 + 90 * np.sin(2 * np.pi * (fx * xx / width + fy * yy / height) + phase)
+    for _ in range(4):
+        center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        radius = int(rng.integers(2, max(3, min(height, width) // 3)))
+        cv2.circle(image, center, radius, [float(v) for v in rng.integers(0, 256, 3)], -1)
+    image += rng.normal(0, 8, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _build_tiny_keras_model():
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3), dtype="float32", name="image")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="conv")(x)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(TINY_LABELS), activation="softmax", name="head")(x)
+    model = keras.Model(inputs, outputs, name="tiny")
+    rng = np.random.default_rng(1234)
+    # Non-trivial BatchNorm statistics (so folding is really exercised) and a head confident enough
+    # that the argmax is not decided by rounding.
+    model.get_layer("bn").set_weights(
+        [
+            rng.uniform(0.5, 1.5, 8).astype(np.float32),  # gamma
+            rng.normal(0, 0.3, 8).astype(np.float32),  # beta
+            rng.normal(0, 0.2, 8).astype(np.float32),  # moving mean
+            rng.uniform(0.2, 2.0, 8).astype(np.float32),  # moving variance
+        ]
+    )
+    # Centre and scale the head on the pooled features of real-ish pictures, so that random weights still
+    # spread the predictions over all classes instead of answering "a" for everything.
+    pictures = np.stack([realish_image(rng, TINY_SIZE, TINY_SIZE) for _ in range(64)]).astype(np.float32)
+    features = np.asarray(keras.Model(inputs, model.get_layer("head").input)(pictures))
+    kernel, _ = model.get_layer("head").get_weights()
+    mean = features.mean(0)
+    kernel = kernel * (2.0 / ((features - mean) @ kernel).std())  # logits with a spread of about 2
+    model.get_layer("head").set_weights([kernel.astype(np.float32), (-mean @ kernel).astype(np.float32)])
+    return model
+
+
+# A minimal protobuf writer, enough for an ONNX ModelProto: the `onnx` package is not needed.
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # negative int64 -> two's complement, as protobuf does
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _pb_int(field: int, value: int) -> bytes:
+    return _varint(field << 3) + _varint(value)
+
+
+def _pb_bytes(field: int, data: bytes | str) -> bytes:
+    data = data.encode() if isinstance(data, str) else data
+    return _varint(field << 3 | 2) + _varint(len(data)) + data
+
+
+def _pb_float(field: int, value: float) -> bytes:
+    return _varint(field << 3 | 5) + struct.pack("<f", value)
+
+
+def _onnx_tensor(name: str, array: np.ndarray) -> bytes:  # TensorProto, float32
+    array = np.ascontiguousarray(array, dtype="<f4")
+    dims = b"".join(_pb_int(1, d) for d in array.shape)
+    return dims + _pb_int(2, 1) + _pb_bytes(8, name) + _pb_bytes(9, array.tobytes())
+
+
+def _onnx_value_info(name: str, dims: list) -> bytes:  # ValueInfoProto of a float32 tensor
+    shape = b"".join(_pb_bytes(1, _pb_bytes(2, d) if isinstance(d, str) else _pb_int(1, d)) for d in dims)
+    tensor_type = _pb_int(1, 1) + _pb_bytes(2, shape)
+    return _pb_bytes(1, name) + _pb_bytes(2, _pb_bytes(1, tensor_type))
+
+
+def _onnx_node(op: str, inputs: list, outputs: list, **attributes) -> bytes:  # NodeProto
+    body = b"".join(_pb_bytes(1, i) for i in inputs) + b"".join(_pb_bytes(2, o) for o in outputs)
+    body += _pb_bytes(4, op)
+    for name, value in attributes.items():
+        if isinstance(value, float):
+            attribute = _pb_bytes(1, name) + _pb_float(2, value) + _pb_int(20, 1)
+        elif isinstance(value, int):
+            attribute = _pb_bytes(1, name) + _pb_int(3, value) + _pb_int(20, 2)
+        else:
+            attribute = _pb_bytes(1, name) + b"".join(_pb_int(8, v) for v in value) + _pb_int(20, 7)
+        body += _pb_bytes(5, attribute)
+    return body
+
+
+def write_tiny_onnx(model, path: Path) -> None:
+    """The tiny Keras model as an ONNX graph (opset 13) taking NHWC float32 0-255 pixels, like the TFLite one."""
+    rescale = model.layers[1]
+    conv_kernel, conv_bias = model.get_layer("conv").get_weights()
+    gamma, beta, mean, variance = model.get_layer("bn").get_weights()
+    head_kernel, head_bias = model.get_layer("head").get_weights()
+    initializers = [
+        _onnx_tensor("scale", np.array(rescale.scale, np.float32)),
+        _onnx_tensor("offset", np.array(rescale.offset, np.float32)),
+        _onnx_tensor("conv_w", conv_kernel.transpose(3, 2, 0, 1)),  # (kh, kw, in, out) -> (out, in, kh, kw)
+        _onnx_tensor("conv_b", conv_bias),
+        _onnx_tensor("bn_gamma", gamma),
+        _onnx_tensor("bn_beta", beta),
+        _onnx_tensor("bn_mean", mean),
+        _onnx_tensor("bn_var", variance),
+        _onnx_tensor("head_w", head_kernel),
+        _onnx_tensor("head_b", head_bias),
+    ]
+    epsilon = float(model.get_layer("bn").epsilon)
+    nodes = [
+        _onnx_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        _onnx_node("Mul", ["nchw", "scale"], ["scaled"]),
+        _onnx_node("Add", ["scaled", "offset"], ["normalized"]),
+        _onnx_node("Conv", ["normalized", "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        _onnx_node("BatchNormalization", ["conv", "bn_gamma", "bn_beta", "bn_mean", "bn_var"], ["bn"], epsilon=epsilon),
+        _onnx_node("Relu", ["bn"], ["relu"]),
+        _onnx_node("GlobalAveragePool", ["relu"], ["pooled"]),
+        _onnx_node("Flatten", ["pooled"], ["flat"]),
+        _onnx_node("Gemm", ["flat", "head_w", "head_b"], ["logits"]),
+        _onnx_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = b"".join(_pb_bytes(1, n) for n in nodes) + _pb_bytes(2, "tiny")
+    graph += b"".join(_pb_bytes(5, t) for t in initializers)
+    graph += _pb_bytes(11, _onnx_value_info("image", ["N", TINY_SIZE, TINY_SIZE, 3]))
+    graph += _pb_bytes(12, _onnx_value_info("probs", ["N", len(TINY_LABELS)]))
+    model_proto = _pb_int(1, 8) + _pb_bytes(2, "edgevision-tests") + _pb_bytes(7, graph) + _pb_bytes(8, _pb_int(2, 13))
+    path.write_bytes(model_proto)
+
+
+def _tflite_spec(content: bytes, role: str):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgevision.runtime.bundle import TensorSpec
+
+    interpreter = Interpreter(model_content=content)
+    details = (interpreter.get_input_details() if role == "input" else interpreter.get_output_details())[0]
+    scale, zero_point = details["quantization"]
+    dtype = np.dtype(details["dtype"]).name
+    return TensorSpec(dtype, float(scale), int(zero_point)) if scale else TensorSpec(dtype)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> TinyBundle:
+    """A real bundle of a tiny Keras classifier: fp32 TFLite (default), full-int8 TFLite with uint8 I/O
+    (scale 1 / zero-point 0 input) and with int8 I/O, and ONNX fp32. Built once per session (~10 s,
+    most of it importing TensorFlow)."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    from edgevision.runtime.bundle import Artifact, Bundle, TensorSpec, file_sha256
+    from edgevision.runtime.preprocess import PreprocessPolicy
+
+    folder = tmp_path_factory.mktemp("tiny_bundle")
+    model = _build_tiny_keras_model()
+    calibration_rng = np.random.default_rng(99)
+
+    def representative():
+        for _ in range(32):
+            yield [realish_image(calibration_rng, TINY_SIZE, TINY_SIZE)[None].astype(np.float32)]
+
+    files: dict[str, tuple[str, str, str, TensorSpec, TensorSpec]] = {}
+    fp32 = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    (folder / "model_fp32.tflite").write_bytes(fp32)
+    files["tflite_fp32"] = ("model_fp32.tflite", "tflite", "fp32", TensorSpec("float32"), TensorSpec("float32"))
+    int8_variants = (
+        ("tflite_int8", "model_int8.tflite", tf.uint8),  # uint8 I/O: scale 1 / zero-point 0 input
+        ("tflite_int8_signed", "model_int8_signed.tflite", tf.int8),  # int8 I/O: zero-point -128 input
+    )
+    for name, file, io_type in int8_variants:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+        with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": not for uint8 pixels
+            warnings.simplefilter("ignore", UserWarning)
+            content = converter.convert()
+        (folder / file).write_bytes(content)
+        files[name] = (file, "tflite", "int8", _tflite_spec(content, "input"), _tflite_spec(content, "output"))
+    write_tiny_onnx(model, folder / "model.onnx")
+    files["onnx_fp32"] = ("model.onnx", "onnx", "fp32", TensorSpec("float32"), TensorSpec("float32"))
+
+    artifacts = {
+        name: Artifact(
+            file=file,
+            format=fmt,
+            precision=precision,
+            sha256=file_sha256(folder / file),
+            bytes=(folder / file).stat().st_size,
+            input=input_spec,
+            output=output_spec,
+        )
+        for name, (file, fmt, precision, input_spec, output_spec) in files.items()
+    }
+    bundle = Bundle(
+        labels=list(TINY_LABELS),
+        preprocess=PreprocessPolicy(TINY_SIZE, TINY_SIZE),
+        artifacts=artifacts,
+        default_artifact="tflite_fp32",
+        provenance={"made_by": "tests/conftest.py tiny_bundle"},
+    )
+    (folder / "bundle.json").write_text(json.dumps(bundle.to_dict(), indent=2))
+    return TinyBundle(
+        folder=folder, keras_model=model, labels=list(TINY_LABELS), artifacts={n: f[0] for n, f in files.items()}
+    )
+
+
+@pytest.fixture
+def realish_images():
+    """Ten BGR pictures of assorted sizes and aspect ratios (fixed seed)."""
+    rng = np.random.default_rng(2024)
+    sizes = [(32, 32), (48, 64), (64, 48), (120, 160), (240, 320), (31, 45), (100, 100), (33, 200), (200, 33)]
+    sizes.append((480, 640))
+    return [realish_image(rng, h, w) for h, w in sizes]
+
+
+# --- end runtime fixtures ---

@@ -1,0 +1,132 @@
+"""A device install needs no training stack: runtime/ and devices/ work with TensorFlow, Keras, JAX and
+torch made unimportable, and the layering (devices <- runtime <- train/export) holds in the source."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("tensorflow", "keras", "jax", "jaxlib", "torch", "tf_keras")
+
+CHILD = textwrap.dedent(
+    r"""
+    import importlib, json, pkgutil, sys
+
+    HEAVY = {heavy!r}
+
+    class BlockHeavy:
+        # A machine without the training stack: importing any of these fails, as it would there.
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in HEAVY:
+                raise ImportError(f"{{name}} is blocked: a device install does not have it")
+            return None
+
+    sys.meta_path.insert(0, BlockHeavy())
+
+    def import_all(package_name):
+        package = importlib.import_module(package_name)
+        names = [package_name]
+        for info in pkgutil.walk_packages(package.__path__, package_name + "."):
+            importlib.import_module(info.name)
+            names.append(info.name)
+        return names
+
+    report = {{}}
+    report["devices_modules"] = import_all("edgevision.devices")
+    # devices/ is the lowest layer: importing it pulls in none of the other three.
+    report["after_devices"] = sorted(
+        m for m in sys.modules if m.startswith(("edgevision.runtime", "edgevision.train", "edgevision.export"))
+    )
+    report["runtime_modules"] = import_all("edgevision.runtime")
+
+    import numpy as np
+    from edgevision.runtime.classifier import Classifier
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    report["predictions"] = {{}}
+    for artifact in {artifacts!r}:
+        prediction = Classifier({folder!r}, artifact=artifact, threads=1).classify(frame)
+        report["predictions"][artifact] = [prediction.label, prediction.score]
+    report["heavy_loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+    print(json.dumps(report))
+    """
+)
+
+
+def test_runtime_and_devices_work_without_the_training_stack(tiny_bundle):
+    artifacts = ["tflite_fp32", "tflite_int8"]
+    try:
+        import onnxruntime  # noqa: F401
+
+        artifacts.append("onnx_fp32")
+    except ImportError:
+        pass
+    code = CHILD.format(heavy=HEAVY, artifacts=artifacts, folder=str(tiny_bundle.folder))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, f"the runtime needed something it must not:\n{result.stderr[-3000:]}"
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["heavy_loaded"] == []
+    assert report["after_devices"] == [], "devices/ imported another layer"
+    assert "edgevision.devices.sources" in report["devices_modules"]
+    for module in ("engines", "classifier", "loop", "bundle", "preprocess"):
+        assert f"edgevision.runtime.{module}" in report["runtime_modules"]
+    assert set(report["predictions"]) == set(artifacts)
+    for label, score in report["predictions"].values():
+        assert label in tiny_bundle.labels and 0.0 < score <= 1.0
+
+
+# --- the same rules, read from the source (fast, and names the offending line) ---
+
+LAYERS = {"devices": "devices", "runtime": "runtime", "train": "train", "export": "export"}
+# What each device-side folder may never import, anywhere (lazily or not).
+NEVER = {
+    "devices": ("edgevision.runtime", "edgevision.train", "edgevision.export"),
+    "runtime": ("edgevision.train", "edgevision.export"),
+}
+
+
+def _imports(tree: ast.AST, package: str):
+    """(lineno, absolute module name, at_module_level) for every import in a module of `package`."""
+
+    def visit(node, top_level):
+        for child in ast.iter_child_nodes(node):
+            inside = top_level and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    yield child.lineno, alias.name, top_level
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:  # relative: resolve against edgevision.<package>
+                    parts = ["edgevision", package][: max(0, 2 - (child.level - 1))]
+                    base = ".".join(parts + ([child.module] if child.module else []))
+                else:
+                    base = child.module or ""
+                yield child.lineno, base, top_level
+            yield from visit(child, inside)
+
+    yield from visit(tree, True)
+
+
+@pytest.mark.parametrize("package", ["devices", "runtime"])
+def test_device_side_imports_follow_the_layers(package):
+    offences = []
+    for path in sorted((ROOT / LAYERS[package]).rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for lineno, name, top_level in _imports(tree, package):
+            where = f"{path.relative_to(ROOT)}:{lineno} imports {name}"
+            if top_level and name.split(".")[0] in HEAVY:
+                offences.append(f"{where} at module level (import it lazily, inside the function)")
+            if name.startswith(NEVER[package]):
+                offences.append(f"{where}, a layer above {package}/")
+            if package == "devices" and name.split(".")[0] in ("ai_edge_litert", "tflite_runtime", "onnxruntime"):
+                offences.append(f"{where}: engines belong to runtime/")
+    assert not offences, "\n".join(offences)

@@ -1,0 +1,84 @@
+"""The training run folder: what `train` saves and `export` reads.
+
+    run/
+      model.keras   the trained Keras model (raw 0-255 RGB in, probabilities out, no random layers)
+      run.json      labels, preprocessing policy, model and training config, dataset fingerprint,
+                    the held-out images (paths and labels) that export checks parity on, metrics
+
+Standard library only, so export can read a run without importing Keras first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgevision.runtime.preprocess import PreprocessPolicy
+
+RUN_FORMAT = "edgevision-run"
+RUN_VERSION = 1
+MODEL_FILE = "model.keras"
+RUN_FILE = "run.json"
+
+
+class RunError(ValueError):
+    """A folder that is not a usable training run."""
+
+
+@dataclass
+class RunInfo:
+    labels: list[str]
+    preprocess: PreprocessPolicy
+    model: dict
+    training: dict
+    dataset: dict
+    heldout_paths: list[str]
+    heldout_labels: list[int]
+    metrics: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    folder: Path | None = None
+
+    @property
+    def model_path(self) -> Path:
+        if self.folder is None:
+            raise RunError("This run was not loaded from a folder")
+        return self.folder / MODEL_FILE
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("folder")
+        data["preprocess"] = self.preprocess.to_dict()
+        return {"format": RUN_FORMAT, "version": RUN_VERSION, **data}
+
+    def save(self, folder: str | os.PathLike) -> None:
+        Path(folder, RUN_FILE).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "RunInfo":
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise RunError(f"Training run folder '{folder}' does not exist")
+        path = folder / RUN_FILE
+        if not path.is_file() or not (folder / MODEL_FILE).is_file():
+            raise RunError(
+                f"'{folder}' is not an edgevision training run: it needs {RUN_FILE} and {MODEL_FILE} "
+                "(write one with `edgevision train`)"
+            )
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as bad:
+            raise RunError(f"'{path}' is not valid JSON: {bad}") from None
+        if data.get("format") != RUN_FORMAT or data.get("version") != RUN_VERSION:
+            raise RunError(
+                f"'{path}' is not an edgevision run file of version {RUN_VERSION} "
+                f"(format={data.get('format')!r}, version={data.get('version')!r})"
+            )
+        data = {k: v for k, v in data.items() if k not in ("format", "version")}
+        try:
+            data["preprocess"] = PreprocessPolicy.from_dict(data["preprocess"])
+            return cls(**data, folder=folder)
+        except (KeyError, TypeError) as bad:
+            raise RunError(f"'{path}' is malformed: {bad}") from None
