@@ -8,7 +8,23 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _refuse_inputs(target: Path, inputs: Iterable[str | os.PathLike]) -> None:
+    """An output folder that is, or contains, one of the command's inputs would be deleted when it is
+    replaced: refuse it."""
+    resolved = target.resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if source == resolved or resolved in source.parents:
+            raise ValueError(f"Output folder '{target}' is or contains the input '{item}'; choose another output folder")
 
 
 def _check_parent_writable(target: Path) -> Path:
@@ -23,23 +39,34 @@ def _check_parent_writable(target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
+                     inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces `target`, on any error it is removed.
 
     An existing `target` is refused unless `overwrite`; it is then swapped out only after the new
-    folder is complete, so the old one survives a failed run.
+    folder is complete, so the old one survives a failed run. `inputs` are the paths the command
+    reads: a target that is or contains one of them is refused.
     """
     target = Path(target)
+    _refuse_inputs(target, inputs)
     if target.exists() and not overwrite:
         raise FileExistsError(f"Output folder '{target}' already exists; choose another or pass overwrite (--overwrite)")
     parent = _check_parent_writable(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
+    # mkdtemp makes a private (0700) folder; the result must be readable like any other new folder
+    # (a device service often runs as another user).
+    os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
             os.replace(target, old / target.name)
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                os.replace(old / target.name, target)  # put the previous folder back
+                shutil.rmtree(old, ignore_errors=True)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
@@ -53,6 +80,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make the file private
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

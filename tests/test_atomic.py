@@ -190,3 +190,40 @@ def test_atomic_write_bytes_into_missing_folder_fails_cleanly(tmp_path):
     with pytest.raises(FileNotFoundError):
         atomic_write_bytes(tmp_path / "missing" / "data.bin", b"x")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- permissions: the result should look like any folder / file the user creates ---
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+
+def test_directory_mode_follows_the_umask(tmp_path):
+    mask = _current_umask()
+    with atomic_directory(tmp_path / "out") as staging:
+        (staging / "a").write_text("x")
+    (tmp_path / "plain").mkdir()
+    assert (tmp_path / "out").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+
+def test_atomic_write_bytes_mode_follows_the_umask(tmp_path):
+    mask = _current_umask()
+    atomic_write_bytes(tmp_path / "data.bin", b"x")
+    assert (tmp_path / "data.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("relation", ["same", "parent"])
+def test_an_output_folder_that_holds_an_input_is_refused_before_anything_is_touched(tmp_path, relation):
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    (data / "cat" / "1.png").write_bytes(b"x")
+    target = data if relation == "same" else tmp_path
+    with pytest.raises(ValueError, match="is or contains the input"):
+        with atomic_directory(target, overwrite=True, inputs=[data / "cat"] if relation == "same" else [data]):
+            pass
+    assert (data / "cat" / "1.png").read_bytes() == b"x"
+    assert not list(tmp_path.glob(".*partial*"))
