@@ -230,12 +230,12 @@ def _report_loose_files(folder: str, skipped: list[SkippedFile], where: str) -> 
 def _check_root(root: str) -> None:
     if not os.path.exists(root):
         raise DatasetError(
-            f"Dataset folder {root} does not exist; expected a folder with one subfolder per class "
+            f"Dataset folder '{root}' does not exist; expected a folder with one subfolder per class "
             f"holding images ({_ALLOWED})"
         )
     if not os.path.isdir(root):
         raise DatasetError(
-            f"Dataset path {root} is not a folder; expected a folder with one subfolder per class "
+            f"Dataset path '{root}' is not a folder; expected a folder with one subfolder per class "
             f"holding images ({_ALLOWED})"
         )
 
