@@ -17,7 +17,7 @@ def _umask() -> int:
     return mask
 
 
-def _refuse_inputs(target: Path, inputs: Iterable[str | os.PathLike]) -> None:
+def refuse_inputs(target: Path, inputs: Iterable[str | os.PathLike]) -> None:
     """An output folder that is, or contains, one of the command's inputs would be deleted when it is
     replaced: refuse it."""
     resolved = target.resolve()
@@ -48,7 +48,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
     reads: a target that is or contains one of them is refused.
     """
     target = Path(target)
-    _refuse_inputs(target, inputs)
+    refuse_inputs(target, inputs)
     if target.exists() and not overwrite:
         raise FileExistsError(f"Output folder '{target}' already exists; choose another or pass overwrite (--overwrite)")
     parent = _check_parent_writable(target)

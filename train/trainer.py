@@ -1,29 +1,51 @@
-"""Train a classifier on a folder of labelled photos and save a run folder for export."""
+"""Train a classifier on a folder of labelled photos and save a run folder for export.
+
+One run, phase by phase (mode "finetune" has two: the head on a frozen backbone, then the unfrozen
+top of the backbone at a lower learning rate). Augmentation is a layer in front of the classifier in
+the model that `fit` trains, and only the classifier is saved, so the saved model has no random layer.
+Every epoch ends with a checkpoint in the work folder (see checkpoint.py) from which `resume=True`
+continues a killed run exactly. Keras only: no TensorFlow import and no tf.data, so any backend trains.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edgevision.runtime.atomic import atomic_directory
+from edgevision.runtime.atomic import atomic_directory, refuse_inputs
 from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES, PreprocessPolicy
 
+from .augment import AugmentConfig
+from .checkpoint import STATE_FILE, RunState, assign_arrays, load_checkpoint, restore_best, work_dir
 from .dataset import Dataset, load_image_folder
-from .model import ModelConfig, build_classifier, momentum_for, recalibrate_batchnorm, trainable_batchnorms
+from .model import ModelConfig, build_classifier, momentum_for, recalibrate_batchnorm, trainable_batchnorms, unfreeze
 from .run_dir import MODEL_FILE, RunInfo
 
 log = logging.getLogger("edgevision.train")
+
+CLASS_WEIGHT_MODES = ("none", "balanced")
+LOGS_DIR = "logs"
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # "head", "finetune" or "scratch"
+    epochs: int
+    learning_rate: float
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 10
+    epochs: int = 10  # mode "finetune": the head phase
     batch_size: int = 32
     learning_rate: float = 1e-3
     seed: int = 0
@@ -31,6 +53,12 @@ class TrainConfig:
     test_fraction: float = 0.15
     resize: str = "center_crop"
     interpolation: str = "linear"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    fine_tune_epochs: int | None = None  # mode "finetune", phase two; None: as many as `epochs`
+    fine_tune_lr: float | None = None  # mode "finetune", phase two; None: learning_rate / 10
+    patience: int | None = None  # epochs without a better validation accuracy that end a phase
+    class_weights: str = "none"  # or "balanced"
+    tensorboard: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -43,11 +71,37 @@ class TrainConfig:
             raise ValueError(f"Unknown resize mode {self.resize!r}; choose one of {', '.join(RESIZE_MODES)}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"Unknown interpolation {self.interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
+        if not isinstance(self.augment, AugmentConfig):
+            raise ValueError(f"augment must be an AugmentConfig, got {type(self.augment).__name__}")
+        finetune = self.model.mode == "finetune"
+        for name in ("fine_tune_epochs", "fine_tune_lr"):
+            if getattr(self, name) is not None and not finetune:
+                raise ValueError(f"{name}={getattr(self, name)} applies only to mode 'finetune', not {self.model.mode!r}")
+        if self.fine_tune_epochs is not None and self.fine_tune_epochs < 1:
+            raise ValueError(f"fine_tune_epochs must be at least 1, got {self.fine_tune_epochs}")
+        if self.fine_tune_lr is not None and not 0 < self.fine_tune_lr < 1:
+            raise ValueError(f"fine-tuning learning rate must be in (0, 1), got {self.fine_tune_lr}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1 epoch (or None for no early stopping), got {self.patience}")
+        if self.class_weights not in CLASS_WEIGHT_MODES:
+            raise ValueError(f"Unknown class weighting {self.class_weights!r}; choose one of {', '.join(CLASS_WEIGHT_MODES)}")
 
     @property
     def policy(self) -> PreprocessPolicy:
         size = self.model.input_size
         return PreprocessPolicy(size, size, resize=self.resize, interpolation=self.interpolation)
+
+    def phases(self) -> list[Phase]:
+        if self.model.mode != "finetune":
+            return [Phase(self.model.mode, self.epochs, self.learning_rate)]
+        return [
+            Phase("head", self.epochs, self.learning_rate),
+            Phase("finetune", self.fine_tune_epochs or self.epochs, self.fine_tune_lr or self.learning_rate / 10),
+        ]
+
+    def to_dict(self) -> dict:
+        """JSON-ready (what run.json and the checkpoint record)."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 @dataclass
@@ -59,6 +113,24 @@ class TrainResult:
     heldout_count: int
     skipped: int
     seconds: float
+    epochs: int = 0  # epochs trained, all phases (fewer than planned after early stopping)
+    best_epoch: int | None = None  # 0-based epoch whose weights were saved; None: the last
+    resumed_at: list[int] = field(default_factory=list)
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> np.ndarray | None:
+    """Per-class loss weights: None for "none"; for "balanced" n / (k * n_c), as scikit-learn's
+    `compute_class_weight("balanced")`: every class weighs the same in the loss, and the mean weight
+    over the training images is 1, so the learning rate keeps its meaning."""
+    if mode not in CLASS_WEIGHT_MODES:
+        raise ValueError(f"Unknown class weighting {mode!r}; choose one of {', '.join(CLASS_WEIGHT_MODES)}")
+    if mode == "none":
+        return None
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_classes, dtype=np.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.astype(np.float32)
 
 
 def _versions() -> dict:
@@ -70,14 +142,45 @@ def _versions() -> dict:
             "numpy": np.__version__}
 
 
+def _training_model(classifier, config: TrainConfig):
+    """What `fit` trains: the classifier, behind the augmentation layer when augmentation is on."""
+    if not config.augment.enabled:
+        return classifier
+    import keras
+
+    from .augment import augmentation_layer
+
+    inputs = keras.Input(classifier.input_shape[1:], dtype="float32", name="image")
+    augmented = augmentation_layer(config.augment, seed=config.seed)(inputs)
+    return keras.Model(inputs, classifier(augmented), name="training")
+
+
+def _check_resumable(state: RunState, config: dict, fingerprint: str, work: Path) -> None:
+    if state.config != config:
+        changed = sorted(k for k in set(state.config) | set(config) if state.config.get(k) != config.get(k))
+        details = "; ".join(f"{k}: checkpoint {state.config.get(k)!r}, now {config.get(k)!r}" for k in changed)
+        raise ValueError(f"Cannot resume from '{work}': the options differ ({details}); "
+                         "rerun with the options of the interrupted run, or without --resume to start over")
+    if state.fingerprint != fingerprint:
+        raise ValueError(f"Cannot resume from '{work}': the image folder changed since the checkpoint "
+                         "(files added, removed or resized); rerun without --resume to start over")
+
+
 def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig = TrainConfig(),
-          *, overwrite: bool = False, progress: bool = True) -> TrainResult:
-    """Load the image folder, train, re-estimate BatchNorm statistics, evaluate on held-out images,
-    and write `out_dir` (model.keras + run.json) atomically."""
+          *, overwrite: bool = False, progress: bool = True, resume: bool = False) -> TrainResult:
+    """Load the image folder, train phase by phase with a checkpoint after every epoch, keep the best
+    epoch (by validation accuracy), re-estimate BatchNorm statistics, evaluate on held-out images, and
+    write `out_dir` (model.keras, run.json, report, logs/) atomically. `resume` continues the killed
+    run that was writing `out_dir` from its last finished epoch."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:  # fail before spending minutes on training
         raise FileExistsError(f"Output folder '{out_dir}' already exists; choose another or pass --overwrite")
+    refuse_inputs(out_dir, [data_dir])  # --overwrite must never delete the photos it trains on
+    work = work_dir(out_dir)
+    if resume and not (work / STATE_FILE).is_file():
+        raise FileNotFoundError(f"Nothing to resume for '{out_dir}': no checkpoint in '{work}' "
+                                "(a run writes one after every epoch; start it without --resume)")
     dataset = load_image_folder(
         data_dir, config.policy, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
         seed=config.seed, progress=progress,
@@ -85,51 +188,136 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     log.info(dataset.describe())
     heldout_split = "test" if len(dataset.test) else "val"
     heldout = dataset.heldout()
+    record, fingerprint = config.to_dict(), dataset.fingerprint()
+    checkpoint = load_checkpoint(work) if resume else None
+    if checkpoint is not None:
+        _check_resumable(checkpoint.state, record, fingerprint, work)
+    elif work.exists():
+        log.warning("Discarding the checkpoint of an unfinished earlier run in '%s' (pass --resume to continue it)", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
 
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    model = build_classifier(config.model, len(dataset.labels))
-    steps_per_epoch = -(-len(dataset.train) // config.batch_size)
-    for layer in trainable_batchnorms(model):
-        layer.momentum = momentum_for(steps_per_epoch)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    validation = (dataset.val.images, dataset.val.labels) if len(dataset.val) else None
-    history = model.fit(
-        dataset.train.images, dataset.train.labels, batch_size=config.batch_size, epochs=config.epochs,
-        validation_data=validation, shuffle=True, verbose=1 if progress else 0,
-    )
-    recalibrate_batchnorm(model, dataset.train.images, batch_size=max(config.batch_size, 32))
+    classifier = build_classifier(config.model, len(dataset.labels))
+    trained = _training_model(classifier, config)
+    state = checkpoint.state if checkpoint else RunState(config=record, fingerprint=fingerprint)
+    if checkpoint is not None:
+        assign_arrays(trained.variables, checkpoint.model_paths, checkpoint.model_arrays, "model")
+        checkpoint.restore_rng()
+        state.resumed_at.append(state.epoch)
+        if progress:
+            print(f"Resuming from the checkpoint after epoch {state.epoch} in {work}")
+    log.info("checkpoints and live TensorBoard logs: %s", work)
+    _fit_phases(trained, classifier, dataset, config, state, work, checkpoint, progress)
 
-    heldout_accuracy = _accuracy(model, heldout) if len(heldout) else float("nan")
+    if len(dataset.val) and restore_best(work, classifier.variables):
+        log.info("keeping epoch %s, the best by validation accuracy", state.monitor.get("best_epoch"))
+    # Deterministic preprocessing: the classifier alone, never the augmentation in front of it.
+    recalibrate_batchnorm(classifier, dataset.train.images, batch_size=max(config.batch_size, 32))
+    predicted = np.argmax(classifier.predict(heldout.images.astype(np.float32), batch_size=64, verbose=0), axis=1)
+    heldout_accuracy = float(np.mean(predicted == heldout.labels)) if len(heldout) else float("nan")
+    best_epoch = state.monitor.get("best_epoch") if len(dataset.val) else None
     info = RunInfo(
         labels=dataset.labels,
         preprocess=config.policy,
         model=config.model.to_dict(),
-        training={k: v for k, v in asdict(config).items() if k != "model"},
+        training={k: v for k, v in record.items() if k != "model"},
         dataset=_dataset_record(dataset),
         heldout_paths=[os.path.abspath(p) for p in heldout.paths],
         heldout_labels=[int(v) for v in heldout.labels],
-        metrics={f"{heldout_split}_accuracy": heldout_accuracy},
-        history={k: [float(v) for v in values] for k, values in history.history.items()},
+        metrics={f"{heldout_split}_accuracy": heldout_accuracy, "epochs": state.epoch, "best_epoch": best_epoch,
+                 "best_val_accuracy": state.monitor.get("best") if len(dataset.val) else None,
+                 "resumed_at": state.resumed_at},
+        history=state.history,
         versions=_versions(),
     )
-    with atomic_directory(out_dir, overwrite=overwrite) as staging:
-        model.save(staging / MODEL_FILE)
+    from .report import write_report
+
+    with atomic_directory(out_dir, overwrite=overwrite, inputs=[data_dir]) as staging:
+        classifier.save(staging / MODEL_FILE)
         info.save(staging)
+        write_report(staging, state.history, heldout.labels, predicted, dataset.labels, heldout_split)
+        if (work / LOGS_DIR).is_dir():
+            shutil.copytree(work / LOGS_DIR, staging / LOGS_DIR)
+    shutil.rmtree(work, ignore_errors=True)
     return TrainResult(
         run_dir=out_dir, labels=dataset.labels, heldout_accuracy=heldout_accuracy, heldout_split=heldout_split,
         heldout_count=len(heldout), skipped=len(dataset.skipped), seconds=time.perf_counter() - started,
+        epochs=state.epoch, best_epoch=best_epoch, resumed_at=list(state.resumed_at),
     )
 
 
-def _accuracy(model, split) -> float:
-    probs = model.predict(split.images, batch_size=64, verbose=0)
-    return float(np.mean(np.argmax(probs, axis=1) == split.labels))
+def _fit_phases(trained, classifier, dataset: Dataset, config: TrainConfig, state: RunState, work: Path,
+                checkpoint, progress: bool) -> None:
+    """Run the phases that are left, from `state` (a fresh state starts at phase 0, epoch 0)."""
+    import keras
+
+    from .callbacks import EpochEnd, Monitor
+    from .pipeline import ShuffledBatches
+    from .tensorboard import ScalarWriter
+
+    weights = class_weights(dataset.train.labels, len(dataset.labels), config.class_weights)
+    steps = math.ceil(len(dataset.train) / config.batch_size)
+    validation = (dataset.val.images.astype(np.float32), dataset.val.labels) if len(dataset.val) else None
+    if validation is None and config.patience is not None:
+        log.warning("No validation images: early stopping watches the training accuracy")
+    monitor = Monitor(**state.monitor) if state.monitor else Monitor(
+        "val_accuracy" if validation else "accuracy", config.patience)
+    writers = ({name: ScalarWriter(work / LOGS_DIR / name) for name in ("train", "validation")}
+               if config.tensorboard else None)
+    mid_phase = checkpoint is not None and not state.phase_done
+    first = (state.phase + (0 if mid_phase else 1)) if checkpoint is not None else 0
+    epoch = state.epoch
+    for index, phase in enumerate(config.phases()):
+        if index < first:
+            continue
+        if phase.name == "finetune":
+            unfreeze(classifier, config.model)
+        for layer in trainable_batchnorms(classifier):
+            layer.momentum = momentum_for(steps)
+        trained.compile(optimizer=keras.optimizers.Adam(phase.learning_rate),
+                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        if mid_phase and index == state.phase:
+            # The optimizer's moments and step count continue too, not just the weights.
+            trained.optimizer.build(trained.trainable_variables)
+            assign_arrays(trained.optimizer.variables, checkpoint.optimizer_paths, checkpoint.optimizer_arrays,
+                          "optimizer")
+            phase_start = state.phase_start
+        else:
+            phase_start = epoch
+            monitor.start_phase()
+        phase_end = phase_start + phase.epochs
+        if progress and len(config.phases()) > 1:
+            print(f"Phase {index + 1}/{len(config.phases())} ({phase.name}): epochs {epoch + 1}-{phase_end}, "
+                  f"learning rate {phase.learning_rate:g}")
+        batches = ShuffledBatches(dataset.train.images, dataset.train.labels, config.batch_size, config.seed,
+                                  first_epoch=epoch, weights=weights)
+        trained.fit(
+            batches, steps_per_epoch=steps, initial_epoch=epoch, epochs=phase_end, validation_data=validation,
+            shuffle=False,  # the batches are already in their seeded order
+            callbacks=[EpochEnd(state, monitor, classifier, work, index, phase_start, phase_end, writers)],
+            verbose=1 if progress else 0,
+        )
+        epoch = state.epoch
+
+
+def preview_augmentation(data_dir: str | os.PathLike, path: str | os.PathLike, config: TrainConfig, *,
+                         count: int = 16, columns: int = 4, progress: bool = False) -> Path:
+    """Write a PNG grid of `count` training images as the augmentation of `config` changes them."""
+    if not config.augment.enabled:
+        raise ValueError("Nothing to preview: every augmentation option is off; pass --augment light or "
+                         "options such as --rotation 15 --hflip")
+    from .preview import preview_grid
+
+    dataset = load_image_folder(
+        data_dir, config.policy, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+        seed=config.seed, progress=progress,
+    )
+    chosen = np.random.default_rng(config.seed).permutation(len(dataset.train))[:count]
+    return preview_grid(dataset.train.images[np.sort(chosen)], config.augment, path, count=count,
+                        columns=columns, seed=config.seed)
 
 
 def _dataset_record(dataset: Dataset) -> dict:
