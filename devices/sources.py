@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +35,8 @@ ACCEPTED_FORMS = (
     "a video file",
     "a folder of images",
     "an rtsp://, http:// or https:// stream URL",
+    "'picamera2' or 'picamera2://N' (Raspberry Pi CSI camera)",
+    "'csi://N' (Jetson CSI camera through Argus)",
 )
 # How long an unreachable network stream may hold up open() and read() before it counts as failed.
 STREAM_OPEN_TIMEOUT_MS = 10_000
@@ -41,6 +45,46 @@ STREAM_READ_TIMEOUT_MS = 10_000
 
 class SourceError(RuntimeError):
     """A source that cannot be opened or stopped delivering frames; the message names it."""
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to open a source. model_size (height, width) lets cameras that can scale in hardware
+    (picamera2's low-res stream, the Jetson's nvvidconv) deliver pictures near the model's size;
+    camera_size (width, height) and camera_fps ask a CSI camera for that sensor mode."""
+
+    model_size: tuple[int, int] | None = None
+    camera_size: tuple[int, int] = (1280, 720)
+    camera_fps: int = 30
+    open_timeout_ms: int = STREAM_OPEN_TIMEOUT_MS
+    read_timeout_ms: int = STREAM_READ_TIMEOUT_MS
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model_size is not None and (
+            len(self.model_size) != 2 or not all(isinstance(v, int) and v > 0 for v in self.model_size)
+        ):
+            raise ValueError(f"model_size {self.model_size!r} is invalid; use (height, width) positive integers")
+        if len(self.camera_size) != 2 or not all(isinstance(v, int) and v > 0 for v in self.camera_size):
+            raise ValueError(f"camera_size {self.camera_size!r} is invalid; use (width, height) positive integers")
+        for name in ("camera_fps", "open_timeout_ms", "read_timeout_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} {value!r} is invalid; use a positive integer")
+
+
+def lowres_size(camera_size: tuple[int, int], model_size: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height) of the smallest even-sized picture with the camera's aspect ratio that still covers
+    the model's input, so hardware scaling does the heavy resize and the one preprocessing path only crops
+    and makes a small final resize (the crop policy is kept: nothing is squashed by the camera)."""
+    width, height = camera_size
+    if model_size is None:
+        return width, height
+    model_h, model_w = model_size
+    scale = max(model_w / width, model_h / height)
+    if scale >= 1:
+        return width, height
+    return min(width, 2 * math.ceil(width * scale / 2)), min(height, 2 * math.ceil(height * scale / 2))
 
 
 @dataclass
@@ -77,12 +121,16 @@ def _as_bgr(image: np.ndarray) -> np.ndarray:
     return image
 
 
-class Source:
+class Source(ABC):
     """A context manager delivering Frames. Subclasses implement `_open`, `_read` and `_close`.
 
     `uri` is what the source was opened from; `fps` is the nominal frame rate (None when unknown).
-    Iterating a source reads it to its end.
+    `live` sources (cameras, streams) deliver at their own pace and raise SourceError when they stop;
+    finite ones (files, folders) are read on demand and end with None. Iterating a source reads it to
+    its end.
     """
+
+    live = False
 
     def __init__(self, uri: str):
         self.uri = uri
@@ -132,11 +180,11 @@ class Source:
         return f"{type(self).__name__}({redact(self.uri)!r})"
 
     # --- for subclasses ---
-    def _open(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _open(self) -> None: ...
 
-    def _read(self) -> tuple[np.ndarray, float] | None:
-        raise NotImplementedError
+    @abstractmethod
+    def _read(self) -> tuple[np.ndarray, float] | None: ...
 
     def _close(self) -> None:
         pass
@@ -145,17 +193,15 @@ class Source:
 class _CaptureSource(Source):
     """A source read through cv2.VideoCapture."""
 
-    live = False  # a live source that stops delivering is an error, not an end
-
     def __init__(self, uri: str):
         super().__init__(uri)
         self._capture: cv2.VideoCapture | None = None
 
-    def _create_capture(self) -> cv2.VideoCapture:
-        raise NotImplementedError
+    @abstractmethod
+    def _create_capture(self) -> cv2.VideoCapture: ...
 
-    def _open_failed(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def _open_failed(self) -> str: ...
 
     def _open(self) -> None:
         capture = self._create_capture()
@@ -182,6 +228,17 @@ class _CaptureSource(Source):
             self._capture.release()
             self._capture = None
 
+    def skip(self, count: int) -> int:
+        """Pass over `count` frames without decoding them (grab() only); returns how many were skipped.
+        Frame indices keep counting, so a skipped frame's index is never reused."""
+        if not self._opened:
+            raise SourceError(f"{self!r} is not open: call open() or use it in a with block")
+        skipped = 0
+        while skipped < count and self._capture.grab():
+            skipped += 1
+        self._index += skipped
+        return skipped
+
 
 class CameraSource(_CaptureSource):
     """A local camera: an index (0, 1, ...) or a V4L2 device path (/dev/video0), through OpenCV."""
@@ -197,6 +254,11 @@ class CameraSource(_CaptureSource):
             raise SourceError(f"Camera '{self.device}' not found: no such device. {self._devices_present()}")
         api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
         return cv2.VideoCapture(self.device, api)
+
+    def _open(self) -> None:
+        super()._open()
+        # V4L2 queues 4 buffers by default; the capture thread drains it anyway, one keeps it minimal.
+        self._capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
 
     def _open_failed(self) -> str:
         return (
@@ -229,20 +291,27 @@ class VideoFileSource(_CaptureSource):
 
 
 class StreamSource(_CaptureSource):
-    """A network stream (rtsp://, http://, https://) through OpenCV's FFmpeg backend."""
+    """A network stream (rtsp://, http://, https://, including MJPEG over HTTP) through OpenCV's FFmpeg
+    backend. A stream that sends nothing for read_timeout_ms counts as stalled: read() raises SourceError."""
 
     live = True
 
+    def __init__(self, uri: str, open_timeout_ms: int = STREAM_OPEN_TIMEOUT_MS,
+                 read_timeout_ms: int = STREAM_READ_TIMEOUT_MS):
+        super().__init__(uri)
+        self.open_timeout_ms = open_timeout_ms
+        self.read_timeout_ms = read_timeout_ms
+
     def _create_capture(self) -> cv2.VideoCapture:
         params = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_OPEN_TIMEOUT_MS,
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_READ_TIMEOUT_MS,
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_ms,
         ]  # fmt: skip
         return cv2.VideoCapture(self.uri, cv2.CAP_FFMPEG, params)
 
     def _open_failed(self) -> str:
         return (
-            f"Stream {redact(self.uri)!r} could not be opened within {STREAM_OPEN_TIMEOUT_MS / 1000:g} s: "
+            f"Stream {redact(self.uri)!r} could not be opened within {self.open_timeout_ms / 1000:g} s: "
             "unreachable, wrong path or credentials, or a format FFmpeg cannot read"
         )
 
@@ -281,21 +350,27 @@ class ImageFolderSource(Source):
         return None
 
 
-def open_source(uri: str | int | os.PathLike) -> Source:
+def open_source(uri: str | int | os.PathLike, options: SourceOptions | None = None) -> Source:
     """Open a source by URI and return it, opened (use it as a context manager to close it).
 
     "0", "1", ... or "/dev/videoN": a camera through V4L2; "rtsp://", "http://", "https://": a network
-    stream; an existing folder: its images; an existing file: a video. A number always means a camera.
+    stream; "picamera2" or "picamera2://N": a Raspberry Pi CSI camera; "csi://N": a Jetson CSI camera;
+    an existing folder: its images; an existing file: a video. A number always means a camera.
     """
-    if isinstance(uri, bool) or not isinstance(uri, (str, int, os.PathLike)):
-        raise TypeError(f"A source URI is a string, got {type(uri).__name__}")
-    text = str(uri) if isinstance(uri, int) else os.fspath(uri)
-    source = _source_for(text)
+    source = source_for(uri, options)
     source.open()
     return source
 
 
-def _source_for(uri: str) -> Source:
+def source_for(uri: str | int | os.PathLike, options: SourceOptions | None = None) -> Source:
+    """The Source for a URI, not yet opened (see open_source for the forms)."""
+    if isinstance(uri, bool) or not isinstance(uri, (str, int, os.PathLike)):
+        raise TypeError(f"A source URI is a string, got {type(uri).__name__}")
+    text = str(uri) if isinstance(uri, int) else os.fspath(uri)
+    return _source_for(text, options or SourceOptions())
+
+
+def _source_for(uri: str, options: SourceOptions) -> Source:
     if not uri.strip():
         raise ValueError(f"Empty source URI; {_accepted()}")
     if uri.isdigit():
@@ -303,15 +378,21 @@ def _source_for(uri: str) -> Source:
     if re.fullmatch(r"/dev/video\d+", uri):
         return CameraSource(uri, uri)
     lowered = uri.lower()
-    if lowered == "picamera2" or lowered.startswith("csi://"):
-        raise ValueError(
-            f"Camera source {uri!r} is not supported by this version of edgevision (Raspberry Pi CSI cameras "
-            f"through picamera2 and Jetson csi:// cameras are unsupported); {_accepted()}"
-        )
+    if lowered == "picamera2" or lowered.startswith(("picamera2://", "csi://")):
+        number = uri.split("://", 1)[1] if "://" in uri else "0"
+        if not number.isdigit():
+            raise ValueError(f"Camera source {uri!r} needs a camera number after '://', e.g. 'csi://0'; {_accepted()}")
+        if lowered.startswith("csi://"):
+            from .jetson import JetsonCsiSource  # GStreamer pipeline; needs OpenCV built with GStreamer
+
+            return JetsonCsiSource(uri, int(number), options)
+        from .picamera import PiCamera2Source  # imports picamera2 only when opened
+
+        return PiCamera2Source(uri, int(number), options)
     if "://" in uri:
         scheme = uri.split("://", 1)[0].lower()
         if scheme in STREAM_SCHEMES:
-            return StreamSource(uri)
+            return StreamSource(uri, options.open_timeout_ms, options.read_timeout_ms)
         raise ValueError(f"Unsupported URL scheme {scheme!r} in source {redact(uri)!r}; {_accepted()}")
     path = Path(uri)
     if path.is_dir():

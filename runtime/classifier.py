@@ -5,6 +5,8 @@
     prediction.label, prediction.score, prediction.top_k
 
 The artifact's bytes are checked against bundle.json (size and sha256) before any engine parses them.
+Which artifact and engine: the ones asked for, else the first of the device profile's preferences that
+the bundle has (and that passed its parity gate, with its engine installed), else the bundle's default.
 """
 
 from __future__ import annotations
@@ -14,9 +16,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgevision.devices.profiles import DeviceProfile, detect_profile, load_profile
+
 from .bundle import Artifact, Bundle, BundleError
-from .engines import Engine, open_engine, resolve_engine
+from .engines import ENGINES, Engine, engine_available, open_engine, resolve_engine
 from .preprocess import PreprocessPolicy, load_and_prepare, prepare
+
+
+def resolve_profile(profile: DeviceProfile | str | None) -> DeviceProfile | None:
+    """A profile, a profile name, "auto" (this machine's profile, or None when unknown) or None."""
+    if profile is None or isinstance(profile, DeviceProfile):
+        return profile
+    if profile == "auto":
+        return detect_profile()
+    return load_profile(profile)
+
+
+def choose_artifact(bundle: Bundle, profile: DeviceProfile | None, engine: str | None = None) -> tuple[str, str]:
+    """(artifact name, why): the profile's first preference the bundle can serve, else the bundle default.
+
+    An artifact is eligible when it did not fail its parity gate at export, the engine asked for (or its
+    format's default engine) can read it, and that engine is installed."""
+    if profile is not None:
+        for preference in profile.artifacts:
+            fmt, precision = preference.split(":")
+            for name, art in bundle.artifacts.items():
+                if art.format != fmt or art.precision != precision or art.metrics.get("passed") is False:
+                    continue
+                if engine is not None and (engine not in ENGINES or fmt not in ENGINES[engine].formats):
+                    continue
+                if engine_available(resolve_engine(art, engine)):
+                    return name, f"profile {profile.name} prefers {preference}"
+    return bundle.default_artifact, "bundle default"
 
 
 @dataclass(frozen=True)
@@ -33,8 +64,10 @@ class Classifier:
 
     bundle: a loaded Bundle or its folder. artifact: the artifact's name in bundle.json (default: the
     bundle's default artifact). engine: "litert" or "onnxruntime" (default: the one for the artifact's
-    format). threads: CPU threads for the engine (default: all usable cores). top_k: how many classes
-    each Prediction lists.
+    format). threads: CPU threads for the engine (default: the profile's, else all usable cores). top_k:
+    how many classes each Prediction lists. profile: a DeviceProfile, its name, or "auto" (detect this
+    machine); it picks the artifact when none is given, the threads, delegate and onnxruntime providers.
+    delegate: a LiteRT delegate ("edgetpu", "gpu" or a library path); refused clearly when absent.
     """
 
     def __init__(
@@ -44,11 +77,18 @@ class Classifier:
         engine: str | None = None,
         threads: int | None = None,
         top_k: int = 1,
+        *,
+        profile: DeviceProfile | str | None = None,
+        delegate: str | None = None,
     ):
         if not isinstance(bundle, Bundle):
             bundle = Bundle.load(bundle)
         self._bundle = bundle
-        self._artifact_name = artifact or bundle.default_artifact
+        self._profile = resolve_profile(profile)
+        if artifact:
+            self._artifact_name, self.selection = artifact, "asked for"
+        else:
+            self._artifact_name, self.selection = choose_artifact(bundle, self._profile, engine)
         self._artifact = bundle.artifact(self._artifact_name)  # BundleError naming an unknown artifact
         n_labels = len(bundle.labels)
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= n_labels:
@@ -64,7 +104,12 @@ class Classifier:
                 )
         engine_name = resolve_engine(self._artifact, engine)  # ValueError naming a bad engine, before any I/O
         path = bundle.verified_path(self._artifact_name)  # size + sha256, before an engine parses the file
-        self._engine = open_engine(path, self._artifact, engine_name, threads)
+        if self._profile is not None:
+            threads = threads if threads is not None else self._profile.threads
+            delegate = delegate or (self._profile.delegate if engine_name == "litert" else None)
+        providers = self._profile.onnx_providers if self._profile is not None else None
+        self._engine = open_engine(path, self._artifact, engine_name, threads, delegate=delegate,
+                                   providers=providers or None)
         policy = bundle.preprocess
         height, width = self._engine.input_hw
         if (height is not None and height != policy.height) or (width is not None and width != policy.width):
@@ -97,6 +142,10 @@ class Classifier:
         return self._bundle.preprocess
 
     @property
+    def profile(self) -> DeviceProfile | None:
+        return self._profile
+
+    @property
     def engine(self) -> Engine:
         return self._engine
 
@@ -122,7 +171,15 @@ class Classifier:
 
     def classify(self, frame: np.ndarray, channel_order: str = "bgr") -> Prediction:
         """Classify one picture of any size: an OpenCV frame ("bgr", the default) or an RGB array ("rgb")."""
-        return self._prediction(self.predict(prepare(frame, self.policy, channel_order)[None])[0])
+        return self._prediction(self.scores(frame, channel_order))
+
+    def scores(self, frame: np.ndarray, channel_order: str = "bgr") -> np.ndarray:
+        """Class probabilities (classes,) float32 for one picture of any size (what classify() ranks)."""
+        return self.predict(prepare(frame, self.policy, channel_order)[None])[0]
+
+    def prediction(self, probs: np.ndarray) -> Prediction:
+        """The Prediction (label, score, top_k) for a probability vector, e.g. smoothed scores."""
+        return self._prediction(probs)
 
     def classify_file(self, path: str | os.PathLike) -> Prediction:
         """Classify an image file (JPEG, PNG, BMP, WebP)."""

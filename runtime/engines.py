@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,6 +34,12 @@ LITERT_EXTRA = "pip install 'edgevision[runtime]'"
 ONNX_EXTRA = "pip install 'edgevision[onnx]'"
 # Execution providers in order of preference: TensorRT and CUDA where they exist (Jetson), else CPU.
 ONNX_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# LiteRT delegates known by name -> (shared library, how to install it). Any other value is a library path.
+DELEGATES = {
+    "edgetpu": ("libedgetpu.so.1", "install the Edge TPU runtime: `sudo apt install libedgetpu1-std` from "
+                "Coral's apt repository (https://coral.ai/software/), and use a model compiled by edgetpu_compiler"),
+    "gpu": ("libtensorflowlite_gpu_delegate.so", "build or install TensorFlow Lite's GPU delegate library"),
+}
 
 
 class EngineError(RuntimeError):
@@ -142,7 +149,7 @@ def _static_dim(value) -> int | None:
     return int(value) if isinstance(value, (int, np.integer)) and value > 0 else None
 
 
-class Engine:
+class Engine(ABC):
     """A loaded model. `run` takes an (N, H, W, 3) uint8 RGB batch and returns (N, C) float32 probabilities.
 
     Subclasses set `input_hw` ((height, width); None where the model leaves a dimension open) and
@@ -189,25 +196,26 @@ class Engine:
         """How pixels become the input tensor: "raw" (fed as they are), "cast" (to float) or "quantize"."""
         return self._encode.mode
 
-    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def _run_batch(self, batch: np.ndarray) -> np.ndarray: ...
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
 
 
-def _litert_interpreter_class():
-    """ai-edge-litert, else tflite-runtime, else (heavy, last resort) tensorflow.lite."""
+def _litert_module():
+    """The module holding Interpreter and load_delegate: ai-edge-litert, else tflite-runtime, else
+    (heavy, last resort) tensorflow.lite."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert import interpreter
 
-        return Interpreter
+        return interpreter
     except ImportError:
         pass
     try:
-        from tflite_runtime.interpreter import Interpreter
+        from tflite_runtime import interpreter
 
-        return Interpreter
+        return interpreter
     except ImportError:
         pass
     try:
@@ -218,7 +226,40 @@ def _litert_interpreter_class():
             f"{LITERT_EXTRA} (ai-edge-litert; where it has no wheel, pip install tflite-runtime)"
         ) from None
     logger.warning("Running TFLite models with tensorflow.lite; %s is much lighter", LITERT_EXTRA)
-    return tf.lite.Interpreter
+    return _TfLiteShim(tf)
+
+
+class _TfLiteShim:
+    """tensorflow.lite laid out like ai_edge_litert.interpreter (Interpreter and load_delegate side by side)."""
+
+    def __init__(self, tf):
+        self.Interpreter = tf.lite.Interpreter
+        self.load_delegate = tf.lite.experimental.load_delegate
+
+
+def _check_library(library: str) -> None:
+    """OSError naming the problem when the dynamic loader cannot load `library`."""
+    import ctypes
+
+    ctypes.CDLL(library)
+
+
+def load_litert_delegate(delegate: str, module=None):
+    """Load a LiteRT delegate by name (see DELEGATES) or library path; EngineUnavailableError saying what to
+    install when the library is absent, so a missing accelerator never silently becomes a slow CPU run."""
+    library, hint = DELEGATES.get(delegate, (delegate, "check the delegate library path"))
+    module = module or _litert_module()
+    try:
+        # Try the shared library first: LiteRT's Delegate object, when its library is missing, prints an
+        # AttributeError from its __del__ at exit after the real error.
+        _check_library(library)
+        return module.load_delegate(library)
+    except (ValueError, OSError, RuntimeError) as error:
+        known = ", ".join(DELEGATES)
+        raise EngineUnavailableError(
+            f"LiteRT delegate {delegate!r} could not be loaded from {library!r} ({error}); {hint}. "
+            f"Known delegates: {known}, or pass a library path"
+        ) from None
 
 
 class LiteRTEngine(Engine):
@@ -227,16 +268,22 @@ class LiteRTEngine(Engine):
     name = "litert"
     formats = ("tflite",)
 
-    def __init__(self, path: str | os.PathLike, artifact: Artifact, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, artifact: Artifact, threads: int | None = None,
+                 delegate: str | None = None):
         threads = _check_threads(threads)
         self.path = Path(path)
         self.artifact = artifact
         # The interpreter's own default is a single thread; None means all the cores we may use.
         self.threads = threads if threads is not None else usable_cpus()
-        Interpreter = _litert_interpreter_class()
+        self.delegate = delegate
+        module = _litert_module()
         where = f"'{self.path}'"
+        # Without a delegate the interpreter applies XNNPACK itself, with num_threads threads.
+        delegates = [load_litert_delegate(delegate, module)] if delegate else None
         try:
-            self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+            self._interpreter = module.Interpreter(
+                model_path=str(self.path), num_threads=self.threads, experimental_delegates=delegates
+            )
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise EngineError(f"LiteRT could not load {where}: {error}") from None
@@ -297,11 +344,17 @@ class OnnxEngine(Engine):
     name = "onnxruntime"
     formats = ("onnx",)
 
-    def __init__(self, path: str | os.PathLike, artifact: Artifact, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, artifact: Artifact, threads: int | None = None,
+                 delegate: str | None = None, providers: tuple[str, ...] | None = None):
         threads = _check_threads(threads)
         self.path = Path(path)
         self.artifact = artifact
         self.threads = threads
+        if delegate:
+            raise ValueError(
+                f"Delegate {delegate!r} is a LiteRT option; onnxruntime uses execution providers (a device "
+                "profile's onnx_providers) instead"
+            )
         try:
             import onnxruntime as ort
         except ImportError:
@@ -310,7 +363,9 @@ class OnnxEngine(Engine):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default, one per physical core
         available = ort.get_available_providers()
-        self.providers = [p for p in ONNX_PROVIDERS if p in available] or list(available)
+        wanted = providers or ONNX_PROVIDERS
+        # Providers the profile asks for that this onnxruntime build lacks are skipped (CPU always remains).
+        self.providers = [p for p in wanted if p in available] or list(available)
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
         except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
@@ -366,8 +421,21 @@ def resolve_engine(artifact: Artifact, engine: str | None = None) -> str:
     return engine
 
 
+def engine_available(name: str) -> bool:
+    """Whether the package engine `name` needs is importable (without importing it)."""
+    import importlib.util
+
+    if name == "onnxruntime":
+        return importlib.util.find_spec("onnxruntime") is not None
+    return any(importlib.util.find_spec(m) is not None for m in ("ai_edge_litert", "tflite_runtime", "tensorflow"))
+
+
 def open_engine(
-    path: str | os.PathLike, artifact: Artifact, engine: str | None = None, threads: int | None = None
+    path: str | os.PathLike, artifact: Artifact, engine: str | None = None, threads: int | None = None,
+    *, delegate: str | None = None, providers: tuple[str, ...] | None = None,
 ) -> Engine:
-    """Open a model file once. `path` must already be verified (Bundle.verified_path)."""
-    return ENGINES[resolve_engine(artifact, engine)](path, artifact, threads)
+    """Open a model file once. `path` must already be verified (Bundle.verified_path). delegate: a LiteRT
+    delegate (DELEGATES name or library path); providers: onnxruntime execution providers, best first."""
+    name = resolve_engine(artifact, engine)
+    options = {"providers": providers} if name == "onnxruntime" else {}
+    return ENGINES[name](path, artifact, threads, delegate=delegate, **options)

@@ -303,8 +303,8 @@ def test_file_that_is_not_a_video_is_refused(tmp_path):
     [
         ("missing_clip.mp4", r"'missing_clip.mp4'.*no such file.*camera index"),
         ("ftp://example.com/x", r"scheme 'ftp'.*rtsp://"),
-        ("picamera2", r"'picamera2' is not supported.*accepted sources"),
-        ("csi://0", r"'csi://0' is not supported"),
+        ("picamera2://x", r"'picamera2://x' needs a camera number.*accepted sources"),
+        ("csi://front", r"'csi://front' needs a camera number"),
         ("", r"Empty source URI"),
     ],
 )
@@ -351,7 +351,8 @@ def test_run_loop_writes_one_json_line_per_frame(tiny_bundle, tmp_path):
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["frame"] for line in lines] == list(range(20))
     for line in lines:
-        assert set(line) == {"frame", "timestamp", "label", "score", "latency_ms"}
+        assert set(line) == {"frame", "timestamp", "label", "score", "latency_ms", "age_ms"}
+        assert line["age_ms"] >= line["latency_ms"] * 0.9  # capture-to-result includes the inference
         assert line["label"] in clf.labels and 0.0 <= line["score"] <= 1.0 and line["latency_ms"] > 0
     assert isinstance(summary, LoopSummary) and summary.frames == 20
     assert sum(summary.labels.values()) == 20 and set(summary.labels) <= set(clf.labels)
@@ -396,7 +397,7 @@ def test_run_loop_ctrl_c_still_returns_summary_and_closes(tiny_bundle):
     source = _InterruptedSource()
     out = io.StringIO()
     summary = run_loop(Classifier(tiny_bundle.folder, threads=1), source, out=out)
-    assert summary.frames == 3 and source.closed_count == 1
+    assert summary.frames == 3 and source.closed_count == 1 and summary.stopped_by == "interrupt"
     assert [json.loads(line)["timestamp"] for line in out.getvalue().splitlines()] == [1001.0, 1002.0, 1003.0]
 
 
@@ -405,5 +406,120 @@ def test_run_loop_quiet_and_empty(tiny_bundle, tmp_path):
     summary = run_loop(Classifier(tiny_bundle.folder, threads=1), ImageFolderSource(tmp_path), out=None)
     assert summary.to_dict() == {
         "frames": 0, "seconds": summary.to_dict()["seconds"], "fps": 0.0,
-        "latency_ms_p50": 0.0, "latency_ms_p95": 0.0, "labels": {},
+        "latency_ms_p50": 0.0, "latency_ms_p95": 0.0, "labels": {}, "age_ms_p50": 0.0, "age_ms_p95": 0.0,
+        "dropped": 0, "reconnects": 0, "stopped_by": "end",
     }  # fmt: skip
+
+
+# --- artifact choice by device profile, delegates, execution providers ---
+
+
+def test_profile_picks_the_artifact_threads_and_falls_back(tiny_bundle, tmp_path):
+    pi = Classifier(tiny_bundle.folder, profile="raspberry-pi-4")
+    assert pi.artifact_name == "tflite_int8" and pi.engine.threads == 4
+    assert pi.selection == "profile raspberry-pi-4 prefers tflite:int8" and pi.profile.name == "raspberry-pi-4"
+    assert Classifier(tiny_bundle.folder, profile="generic-x86-64").artifact_name == "tflite_fp32"
+    assert Classifier(tiny_bundle.folder, profile="raspberry-pi-4", threads=1).engine.threads == 1  # args win
+    assert Classifier(tiny_bundle.folder, profile="raspberry-pi-4", artifact="onnx_fp32").selection == "asked for"
+    # An engine asked for narrows the choice to what it reads.
+    assert Classifier(tiny_bundle.folder, profile="jetson-orin-nano", engine="litert").artifact_name == "tflite_int8"
+    if engines.engine_available("onnxruntime"):
+        jetson = Classifier(tiny_bundle.folder, profile="jetson-orin-nano")
+        assert jetson.artifact_name == "onnx_fp32" and jetson.engine.providers[-1] == "CPUExecutionProvider"
+    # An artifact that failed its parity gate at export is never chosen by a profile.
+    folder = _copy_bundle(tiny_bundle, tmp_path)
+    _edit_bundle_json(folder, lambda data: data["artifacts"]["tflite_int8"]["metrics"].update(passed=False))
+    assert Classifier(folder, profile="raspberry-pi-4").artifact_name == "tflite_int8_signed"
+    # No profile: the bundle's default, as before.
+    assert Classifier(tiny_bundle.folder).selection == "bundle default"
+
+
+def test_unknown_profile_is_named(tiny_bundle):
+    with pytest.raises(ValueError, match=r"Unknown device profile 'pi9'; choose one of .*raspberry-pi-5"):
+        Classifier(tiny_bundle.folder, profile="pi9")
+
+
+def test_absent_delegate_fails_clearly(tiny_bundle):
+    with pytest.raises(engines.EngineUnavailableError, match=r"'edgetpu'.*libedgetpu.so.1.*libedgetpu1-std"):
+        Classifier(tiny_bundle.folder, delegate="edgetpu")
+    with pytest.raises(engines.EngineUnavailableError, match=r"/nowhere/libdelegate.so"):
+        Classifier(tiny_bundle.folder, delegate="/nowhere/libdelegate.so")
+
+
+def test_onnxruntime_takes_providers_not_delegates(tiny_bundle):
+    pytest.importorskip("onnxruntime", reason="the onnxruntime engine is an optional extra")
+    with pytest.raises(ValueError, match=r"Delegate 'edgetpu' is a LiteRT option"):
+        Classifier(tiny_bundle.folder, artifact="onnx_fp32", delegate="edgetpu")
+
+
+def test_delegate_is_loaded_once_and_handed_to_the_interpreter(tiny_bundle, monkeypatch):
+    from ai_edge_litert import interpreter as litert
+
+    loaded, handed = [], []
+
+    class RecordingInterpreter(litert.Interpreter):
+        def __init__(self, *args, experimental_delegates=None, **kwargs):
+            handed.append(experimental_delegates)
+            super().__init__(*args, **kwargs)  # the real CPU path: this machine has no accelerator
+
+    fake = type("FakeLiteRT", (), {
+        "Interpreter": RecordingInterpreter,
+        "load_delegate": staticmethod(lambda library, options=None: loaded.append(library) or f"<{library}>"),
+    })
+    monkeypatch.setattr(engines, "_litert_module", lambda: fake)
+    monkeypatch.setattr(engines, "_check_library", lambda library: None)  # as if libedgetpu were installed
+    clf = Classifier(tiny_bundle.folder, artifact="tflite_int8", delegate="edgetpu")
+    for _ in range(3):
+        clf.classify(np.zeros((40, 40, 3), np.uint8))
+    assert loaded == ["libedgetpu.so.1"] and handed == [["<libedgetpu.so.1>"]]
+    assert clf.engine.delegate == "edgetpu"
+
+
+# --- `edgevision run` options ---
+
+
+def test_cli_run_prints_a_systemd_unit(tiny_bundle, capsys):
+    from edgevision.cli import main
+
+    assert main(["run", str(tiny_bundle.folder), "--source", "picamera2", "--profile", "raspberry-pi-5",
+                 "--systemd-unit"]) == 0
+    unit = capsys.readouterr().out
+    assert f"run {tiny_bundle.folder} --source picamera2 --profile raspberry-pi-5" in unit
+    assert "[Service]" in unit and "Restart=always" in unit
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--delegate", "edgetpu"], "libedgetpu.so.1"),
+        (["--profile", "pi9"], "Unknown device profile 'pi9'"),
+        (["--smoothing", "0"], "Smoothing alpha 0.0"),
+        (["--threshold", "2"], "Confidence threshold 2.0"),
+        (["--preview-port", "70000"], "Preview port 70000"),
+        (["--read-timeout", "0"], "--read-timeout must be positive"),
+        (["--display"], "--display cannot open a window"),
+    ],
+)
+def test_cli_run_option_errors_are_one_line(tiny_bundle, tmp_path, capsys, monkeypatch, extra, message):
+    from edgevision.cli import main
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    _write_video(tmp_path / "clip.avi", count=3)
+    assert main(["run", str(tiny_bundle.folder), "--source", str(tmp_path / "clip.avi"), *extra]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgevision run: error: ") and message in lines[0], captured.err
+    assert captured.out == ""
+
+
+def test_cli_run_as_fast_as_possible_with_smoothing(tiny_bundle, tmp_path, capsys):
+    from edgevision.cli import main
+
+    _write_video(tmp_path / "clip.avi", count=30)  # 10 fps: 3 s if played in real time
+    assert main(["run", str(tiny_bundle.folder), "--source", str(tmp_path / "clip.avi"), "--as-fast-as-possible",
+                 "--smoothing", "0.5", "--top-k", "2", "--profile", "none", "--threads", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    summary = lines[-1]["summary"]
+    assert summary["frames"] == 30 and summary["dropped"] == 0 and summary["seconds"] < 2.5
+    assert all(len(line["top_k"]) == 2 for line in lines[:-1])
