@@ -19,66 +19,151 @@ class CLIError(Exception):
 
 def _add_train(sub) -> None:
     from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES
+    from edgevision.train.augment import FILL_MODES, PRESETS
     from edgevision.train.model import BACKBONES, TRANSFER_MODES
+    from edgevision.train.trainer import CLASS_WEIGHT_MODES
 
     p = sub.add_parser(
         "train", help="fine-tune a classifier on a folder of labelled photos",
         description="Train a classifier on DATA_DIR (one subfolder per class, or train/ val/ test/ splits "
-        "each holding one subfolder per class) and save a run folder (model.keras + run.json) for export.",
+        "each holding one subfolder per class) and save a run folder (model.keras, run.json, report, "
+        "TensorBoard logs) for export.",
     )
     p.add_argument("data_dir", metavar="DATA_DIR", help="image folder: one subfolder per class")
-    p.add_argument("--out", required=True, help="run folder to write (model.keras, run.json)")
+    p.add_argument("--out", help="run folder to write (required unless --preview)")
     p.add_argument("--backbone", default="mobilenet_v2", choices=sorted(BACKBONES), help="backbone network")
-    p.add_argument("--alpha", type=float, default=0.35, help="width multiplier of the backbone (default 0.35)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="width multiplier of the backbone (default: the backbone's, 0.35 for mobilenet_v2)")
     p.add_argument("--input-size", type=int, default=96, help="square input size in pixels (default 96)")
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet' (Keras download, needs network once), 'none', or a Keras weights file")
     p.add_argument("--mode", default="head", choices=TRANSFER_MODES,
-                   help="head: freeze the pretrained backbone, train a new head; scratch: train everything from random init")
-    p.add_argument("--epochs", type=int, default=10)
+                   help="head: freeze the pretrained backbone, train a new head; finetune: head first, then "
+                   "unfreeze the backbone at a lower learning rate; scratch: train everything from random init")
+    p.add_argument("--epochs", type=int, default=10, help="epochs (mode finetune: of the head phase; default 10)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fine-tune-epochs", type=int, default=None,
+                   help="mode finetune: epochs of the second phase (default: as --epochs)")
+    p.add_argument("--fine-tune-lr", type=float, default=None,
+                   help="mode finetune: learning rate of the second phase (default: --lr / 10)")
+    p.add_argument("--fine-tune-blocks", type=int, default=None,
+                   help="mode finetune: unfreeze only the top N blocks of the backbone (default: all)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop a phase after this many epochs without a better validation accuracy (default: never)")
+    p.add_argument("--class-weights", default="none", choices=CLASS_WEIGHT_MODES,
+                   help="balanced: weigh each class inversely to its number of training images")
+    p.add_argument("--seed", type=int, default=0, help="seeds the split, initialisation, order and augmentation")
     p.add_argument("--val-fraction", type=float, default=0.15, help="held out for validation when DATA_DIR has no splits")
     p.add_argument("--test-fraction", type=float, default=0.15, help="held out for testing when DATA_DIR has no splits")
     p.add_argument("--resize", default="center_crop", choices=RESIZE_MODES, help="how pictures are fitted to the input")
     p.add_argument("--interpolation", default="linear", choices=sorted(INTERPOLATIONS))
+    a = p.add_argument_group("augmentation (training images only; options override the --augment preset)")
+    a.add_argument("--augment", default="none", choices=PRESETS, help="preset to start from (default none)")
+    a.add_argument("--rotation", type=float, help="degrees, uniform in [-R, R]")
+    a.add_argument("--width-shift", type=float, help="fraction of the width, uniform in [-S, S]")
+    a.add_argument("--height-shift", type=float, help="fraction of the height, uniform in [-S, S]")
+    a.add_argument("--shear", type=float, help="degrees, uniform in [-S, S]")
+    a.add_argument("--zoom", type=float, help="magnification uniform in [1-Z, 1+Z]")
+    a.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips")
+    a.add_argument("--vflip", action="store_true", default=None, help="random vertical flips")
+    a.add_argument("--fill-mode", choices=FILL_MODES, help="what fills pixels moved in from outside (default nearest)")
+    a.add_argument("--fill-value", type=float, help="pixel value for --fill-mode constant (0-255)")
+    a.add_argument("--brightness", type=float, help="added brightness, fraction of 255, uniform in [-B, B]")
+    a.add_argument("--contrast", type=float, help="contrast factor uniform in [1-C, 1+C]")
+    a.add_argument("--channel-shift", type=float, help="per-channel shift in pixel values, uniform in [-S, S]")
+    a.add_argument("--noise", type=float, help="Gaussian noise standard deviation in pixel values")
+    a.add_argument("--crop", type=float, help="random crop: fraction of each side cut away, resized back")
+    a.add_argument("--preview", metavar="PNG",
+                   help="write a grid of augmented training images to PNG and exit without training")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run writing --out from its last finished epoch (same options)")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_train)
 
 
+# CLI flag -> AugmentConfig field
+_AUGMENT_FLAGS = {
+    "rotation": "rotation", "width_shift": "width_shift", "height_shift": "height_shift", "shear": "shear",
+    "zoom": "zoom", "hflip": "horizontal_flip", "vflip": "vertical_flip", "fill_mode": "fill_mode",
+    "fill_value": "fill_value", "brightness": "brightness", "contrast": "contrast",
+    "channel_shift": "channel_shift", "noise": "noise_std", "crop": "crop",
+}
+
+
 def _cmd_train(args) -> int:
     from edgevision.train import ModelConfig, TrainConfig, train
+    from edgevision.train.augment import AugmentConfig
+    from edgevision.train.trainer import preview_augmentation
 
+    if args.out is None and args.preview is None:
+        raise CLIError("--out RUN_DIR is required (only --preview runs without it)")
+    augment = AugmentConfig.preset(args.augment).to_dict()
+    augment.update({field: getattr(args, flag) for flag, field in _AUGMENT_FLAGS.items()
+                    if getattr(args, flag) is not None})
     config = TrainConfig(
         model=ModelConfig(backbone=args.backbone, alpha=args.alpha, input_size=args.input_size,
-                          weights=args.weights, mode=args.mode),
+                          weights=args.weights, mode=args.mode, fine_tune_blocks=args.fine_tune_blocks),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, resize=args.resize,
-        interpolation=args.interpolation,
+        interpolation=args.interpolation, augment=AugmentConfig.from_dict(augment),
+        fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr, patience=args.patience,
+        class_weights=args.class_weights, tensorboard=not args.no_tensorboard,
     )
-    result = train(args.data_dir, args.out, config, overwrite=args.overwrite, progress=not args.quiet)
+    if args.preview is not None:
+        path = preview_augmentation(args.data_dir, args.preview, config, progress=not args.quiet)
+        print(f"wrote {path}")
+        return 0
+    result = train(args.data_dir, args.out, config, overwrite=args.overwrite, progress=not args.quiet,
+                   resume=args.resume)
+    best = "" if result.best_epoch is None else f", best epoch {result.best_epoch + 1}"
     print(f"saved {result.run_dir}: {result.heldout_split} accuracy {result.heldout_accuracy:.2%} "
           f"on {result.heldout_count} images, {len(result.labels)} classes, "
-          f"{result.skipped} files skipped, {result.seconds:.0f} s")
+          f"{result.skipped} files skipped, {result.epochs} epochs{best}, {result.seconds:.0f} s")
     return 0
 
 
-def _add_export(sub) -> None:
-    from edgevision.export.exporter import ARTIFACT_KINDS
+def _add_export_options(p) -> str:
+    """Options shared by `export` and `bench-export`; returns the help text for --formats."""
+    from edgevision.export.calibration import INT8_IO_DTYPES
+    from edgevision.export.exporter import ARTIFACT_KINDS, FORMAT_PRESETS
+    from edgevision.export.onnx import ONNX_INT8_TYPES
 
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `edgevision train`")
+    p.add_argument("--threads", type=int, default=None, help="engine threads for the parity check and latency")
+    p.add_argument("--calibration", metavar="DIR", default=None,
+                   help="image folder to calibrate int8 artifacts on (default: the run's training images)")
+    p.add_argument("--calibration-images", type=int, default=200,
+                   help="how many calibration images int8 artifacts use at most (default 200)")
+    p.add_argument("--int8-io", default="uint8", choices=INT8_IO_DTYPES,
+                   help="input/output type of the int8 TFLite model (default uint8: raw camera pixels go in as they are)")
+    p.add_argument("--onnx-int8-types", default="u8u8", choices=sorted(ONNX_INT8_TYPES),
+                   help="activation/weight types of the ONNX QDQ int8 model (default u8u8; u8s8 saturates on "
+                   "AVX2 CPUs without VNNI)")
+    presets = "; ".join(f"{name} = {','.join(names)}" for name, names in FORMAT_PRESETS.items())
+    return f"comma-separated artifacts ({', '.join(ARTIFACT_KINDS)}) or presets ({presets})"
+
+
+def _quantization(args):
+    from edgevision.export.calibration import QuantizationConfig
+
+    return QuantizationConfig(calibration_images=args.calibration_images, io_dtype=args.int8_io,
+                              onnx_types=args.onnx_int8_types)
+
+
+def _add_export(sub) -> None:
     p = sub.add_parser(
         "export", help="write a device bundle from a training run, checked for parity",
-        description="Convert the trained model of RUN_DIR to device artifacts, run each on the run's held-out "
-        "images through the runtime, and write the bundle (artifacts, bundle.json, report.md). Exits non-zero "
-        "if an artifact disagrees with the trained model more than its threshold allows.",
+        description="Fold BatchNorm, convert the trained model of RUN_DIR to device artifacts (TFLite fp32, fp16, "
+        "dynamic-range, int8; ONNX fp32, int8), run each on the run's held-out images through the runtime, and "
+        "write the bundle (artifacts, bundle.json, report.md). Exits non-zero if an artifact disagrees with the "
+        "trained model more than its threshold allows (99.5%% fp32/fp16, 99%% dynamic-range, 98%% int8).",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `edgevision train`")
+    formats_help = _add_export_options(p)
     p.add_argument("--out", required=True, help="bundle folder to write")
-    p.add_argument("--formats", default="tflite_fp32",
-                   help=f"comma-separated artifacts to write; from: {', '.join(ARTIFACT_KINDS)}")
-    p.add_argument("--threads", type=int, default=None, help="engine threads for the parity check")
+    p.add_argument("--formats", default="tflite_fp32", help=formats_help + "; default tflite_fp32")
     p.add_argument("--force", action="store_true", help="write the bundle even if an artifact fails its parity gate")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     p.set_defaults(handler=_cmd_export)
@@ -87,9 +172,8 @@ def _add_export(sub) -> None:
 def _cmd_export(args) -> int:
     from edgevision.export import export
 
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    result = export(args.run_dir, args.out, formats=formats, threads=args.threads, force=args.force,
-                    overwrite=args.overwrite)
+    result = export(args.run_dir, args.out, formats=args.formats, threads=args.threads, force=args.force,
+                    overwrite=args.overwrite, quantization=_quantization(args), calibration=args.calibration)
     for name, m in result.metrics.items():
         print(f"{name}: accuracy {m['accuracy']:.2%} (Keras {m['reference_accuracy']:.2%}), agreement "
               f"{m['agreement']:.2%}, max prob error {m['max_prob_error']:.1e}, {m['latency_ms_p50']:.2f} ms "
@@ -100,33 +184,158 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _add_bench_export(sub) -> None:
+    p = sub.add_parser(
+        "bench-export", help="export every artifact of a run and measure size, accuracy, agreement and latency",
+        description="Export the chosen artifacts of RUN_DIR (parity gates reported, not enforced) and print a "
+        "markdown table: size and ratio to the fp32 artifact of the same format, held-out accuracy next to the "
+        "Keras model's, top-1 agreement, max probability error, and batch-1 latency on --threads threads.",
+    )
+    formats_help = _add_export_options(p)
+    p.set_defaults(threads=2)
+    p.add_argument("--formats", default="all", help=formats_help + "; default all")
+    p.add_argument("--repeats", type=int, default=200, help="timed batch-1 runs per artifact (default 200)")
+    p.add_argument("--out", default=None, help="keep the bundle in this folder (default: a temporary one)")
+    p.set_defaults(handler=_cmd_bench_export)
+
+
+def _cmd_bench_export(args) -> int:
+    from edgevision.export.bench import benchmark_export, format_table
+
+    if args.threads is None or args.threads < 1:
+        raise CLIError(f"--threads must be at least 1, got {args.threads}")
+    rows = benchmark_export(args.run_dir, formats=args.formats, threads=args.threads, repeats=args.repeats,
+                            out_dir=args.out, quantization=_quantization(args), calibration=args.calibration)
+    print(format_table(rows, threads=args.threads))
+    return 0
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser(
         "run", help="classify camera frames, a video, a stream or a folder with a bundle",
         description="Classify each frame of SOURCE with the bundle and print one JSON line per frame "
-        '({"frame", "timestamp", "label", "score", "latency_ms"}), then a final {"summary": ...} line. '
-        "Uses only the runtime: numpy, OpenCV and an inference engine.",
+        '({"frame", "timestamp", "label", "score", "latency_ms", "age_ms"}), then a final {"summary": ...} line. '
+        "Uses only the runtime: numpy, OpenCV and an inference engine. Live sources are read by a capture "
+        "thread that keeps only the newest frame and reopens a lost camera or stream with backoff; video files "
+        "play at their own frame rate unless --as-fast-as-possible. Ctrl-C or SIGTERM ends with the summary.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help="folder written by `edgevision export`")
     p.add_argument("--source", required=True,
-                   help="camera index (0) or /dev/videoN, a video file, rtsp:// or http(s):// stream, or an image folder")
-    p.add_argument("--artifact", default=None, help="artifact file of the bundle (default: the bundle's default)")
+                   help="camera index (0) or /dev/videoN, a video file, rtsp:// or http(s):// stream, an image "
+                   "folder, picamera2 (Raspberry Pi CSI camera) or csi://N (Jetson CSI camera)")
+    p.add_argument("--artifact", default=None,
+                   help="artifact of the bundle (default: the device profile's preference, else the bundle's default)")
     p.add_argument("--engine", default=None, help="litert or onnxruntime (default: by artifact format)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the profile's, else all cores)")
+    p.add_argument("--profile", default="auto",
+                   help="device profile: auto (detect this machine), none, or a name (see `edgevision.devices.profiles`)")
+    p.add_argument("--delegate", default=None,
+                   help="LiteRT delegate: edgetpu, gpu or a library path (fails clearly when it is not installed)")
+    p.add_argument("--top-k", type=int, default=1, help="classes listed per frame (default 1)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--as-fast-as-possible", action="store_true",
+                   help="read files and folders frame after frame as fast as the model goes, instead of at their frame rate")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frame rate to play files and folders at (default: the file's own; folders: as fast as possible)")
+    p.add_argument("--smoothing", type=float, default=1.0,
+                   help="weight of the newest frame in the moving average of scores, in (0, 1] (default 1: none)")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="report label null when the (smoothed) best score is below this (default 0)")
+    p.add_argument("--display", action="store_true", help="show an overlay window (needs a display and OpenCV with GUI)")
+    p.add_argument("--preview-port", type=int, default=None,
+                   help="serve a live MJPEG preview at http://HOST:PORT/ (headless devices)")
+    p.add_argument("--preview-host", default="127.0.0.1",
+                   help="address the preview listens on (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--read-timeout", type=float, default=10.0,
+                   help="seconds without a frame before a stream counts as stalled and is reopened (default 10)")
+    p.add_argument("--no-reconnect", action="store_true", help="end instead of reopening a lost camera or stream")
+    p.add_argument("--systemd-unit", action="store_true",
+                   help="print a systemd service file that runs this command on this device profile, and exit")
     p.set_defaults(handler=_cmd_run)
 
 
 def _cmd_run(args) -> int:
-    from edgevision.devices.sources import open_source
-    from edgevision.runtime.classifier import Classifier
-    from edgevision.runtime.loop import run_loop
+    from edgevision.devices.sources import SourceOptions, open_source
+    from edgevision.runtime.capture import CaptureConfig
+    from edgevision.runtime.classifier import Classifier, resolve_profile
+    from edgevision.runtime.engines import EngineError, EngineUnavailableError
+    from edgevision.runtime.loop import LoopConfig, run_loop
+    from edgevision.runtime.overlay import DisplayError
+    from edgevision.runtime.preview import PreviewConfig
+    from edgevision.runtime.smoothing import SmoothingConfig
 
     if args.max_frames is not None and args.max_frames < 1:
         raise CLIError(f"--max-frames must be at least 1, got {args.max_frames}")
+    if not args.read_timeout > 0:
+        raise CLIError(f"--read-timeout must be positive seconds, got {args.read_timeout}")
+    profile = resolve_profile(None if args.profile == "none" else args.profile)
+    if args.systemd_unit:
+        if profile is None:
+            raise CLIError("--systemd-unit needs a device profile: pass --profile NAME (this machine matched none)")
+        print(profile.systemd_unit(os.path.abspath(args.bundle), args.source, venv=os.path.dirname(
+            os.path.dirname(os.path.abspath(sys.executable))), user=os.environ.get("USER", "edgevision")), end="")
+        return 0
+    smoothing = SmoothingConfig(alpha=args.smoothing, threshold=args.threshold)
+    capture = CaptureConfig(realtime=not args.as_fast_as_possible, fps=args.fps, reconnect=not args.no_reconnect)
+    preview = PreviewConfig(port=args.preview_port, host=args.preview_host) if args.preview_port is not None else None
+    config = LoopConfig(max_frames=args.max_frames, capture=capture, smoothing=smoothing, display=args.display,
+                        preview=preview)
+    try:
+        classifier = Classifier(args.bundle, artifact=args.artifact, engine=args.engine, threads=args.threads,
+                                top_k=args.top_k, profile=profile, delegate=args.delegate)
+    except (EngineUnavailableError, EngineError) as error:  # a missing engine or delegate library
+        raise CLIError(str(error)) from None
+    logging.getLogger("edgevision.run").info("artifact %s (%s) on %s", classifier.artifact_name,
+                                             classifier.selection, classifier.engine.name)
+    options = SourceOptions(
+        model_size=(classifier.policy.height, classifier.policy.width),
+        read_timeout_ms=int(args.read_timeout * 1000),
+        **({"camera_size": profile.camera.camera_size, "camera_fps": profile.camera.fps} if profile else {}),
+    )
+    try:
+        summary = run_loop(classifier, open_source(args.source, options), config, out=sys.stdout)
+    except DisplayError as error:
+        raise CLIError(str(error)) from None
+    try:
+        print(json.dumps({"summary": summary.to_dict()}), flush=True)
+    except BrokenPipeError:  # the reader of our output went away (`edgevision run ... | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="measure where a camera loop's time goes on this machine",
+        description="Measure a bundle's artifact on a video file with the runtime alone: engine invoke latency, "
+        "per-frame decode and preprocessing cost, end-to-end loop fps and its ratio to 1/(invoke+decode+"
+        "preprocess), dropped frames and capture-to-result latency when paced at a camera's frame rate, and, in a "
+        "fresh runtime-only process, peak resident memory and import-to-first-prediction time.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE", help="folder written by `edgevision export`")
+    p.add_argument("--source", required=True, help="a video file (e.g. 640x480 mp4) to decode and classify")
+    p.add_argument("--artifact", default=None, help="artifact of the bundle (default: the bundle's default)")
+    p.add_argument("--engine", default=None, help="litert or onnxruntime (default: by artifact format)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
+    p.add_argument("--frames", type=int, default=300, help="frames for the decode, preprocess and loop figures")
+    p.add_argument("--invokes", type=int, default=200, help="engine runs for the mean invoke time")
+    p.add_argument("--paced-fps", type=float, default=30.0, help="camera frame rate for the paced run (default 30)")
+    p.add_argument("--paced-frames", type=int, default=150, help="frames in the paced run (default 150)")
+    p.add_argument("--no-child", action="store_true", help="skip the fresh-process memory and start-up figures")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.set_defaults(handler=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:
+    from edgevision.runtime.bench import BenchConfig, format_figures, run_bench
+    from edgevision.runtime.classifier import Classifier
+
+    if not os.path.isfile(args.source):
+        raise CLIError(f"--source {args.source!r} is not a video file; bench decodes a file so runs are comparable")
+    config = BenchConfig(frames=args.frames, invokes=args.invokes, paced_fps=args.paced_fps,
+                         paced_frames=args.paced_frames, child=not args.no_child)
     classifier = Classifier(args.bundle, artifact=args.artifact, engine=args.engine, threads=args.threads)
-    summary = run_loop(classifier, open_source(args.source), max_frames=args.max_frames, out=sys.stdout)
-    print(json.dumps({"summary": summary.to_dict()}), flush=True)
+    figures = run_bench(classifier, args.source, config, bundle=args.bundle)
+    print(json.dumps(figures) if args.json else format_figures(figures), flush=True)
     return 0
 
 
@@ -161,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgevision {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_export, _add_run, _add_demo):
+    for add in (_add_train, _add_export, _add_bench_export, _add_run, _add_bench, _add_demo):
         add(sub)
     return parser
 

@@ -185,6 +185,14 @@ def test_existing_output_folder_is_refused_without_overwrite(run_dir, tmp_path):
     assert _hidden_leftovers(tmp_path) == []
 
 
+def test_overwrite_never_deletes_the_run_being_exported(run_dir, tmp_path):
+    run = _copy_run(run_dir, tmp_path)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(ValueError, match="is or contains the input"):
+        export(run, run, overwrite=True, force=True)
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 def test_output_under_an_unwritable_location(run_dir, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")

@@ -39,6 +39,9 @@ class RunInfo:
     metrics: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    # The training images (absolute paths): export draws int8 calibration images from them. Older runs
+    # lack the field; export then finds them from the dataset record.
+    train_paths: list[str] = field(default_factory=list)
     folder: Path | None = None
 
     @property

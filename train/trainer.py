@@ -226,6 +226,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
         training={k: v for k, v in record.items() if k != "model"},
         dataset=_dataset_record(dataset),
         heldout_paths=[os.path.abspath(p) for p in heldout.paths],
+        train_paths=[os.path.abspath(p) for p in dataset.train.paths],  # int8 calibration images
         heldout_labels=[int(v) for v in heldout.labels],
         metrics={f"{heldout_split}_accuracy": heldout_accuracy, "epochs": state.epoch, "best_epoch": best_epoch,
                  "best_val_accuracy": state.monitor.get("best") if len(dataset.val) else None,

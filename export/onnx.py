@@ -1,0 +1,132 @@
+"""Keras model -> ONNX bytes: fp32 with tf2onnx, static int8 (QDQ, per-channel) with onnxruntime's
+quantization tools.
+
+The graph keeps the Keras layout: input `image`, float32 (N, H, W, 3) NHWC raw 0-255 RGB pixels
+(normalization is inside the graph); output `probs`, float32 (N, classes). Opset 17 (onnxruntime >= 1.14
+runs it; TensorRT 8.6 on a Jetson too). The names are fixed here, whatever the converter called them,
+so a device can rely on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+log = logging.getLogger("edgevision.export")
+
+OPSET = 17
+INPUT_NAME = "image"
+OUTPUT_NAME = "probs"
+ONNX_METADATA_KEY = "edgevision.bundle"
+# Activation x weight types for static int8. U8S8 (onnxruntime's default) saturates on x86 CPUs with
+# AVX2 but without VNNI and lost a quarter of the top-1 agreement here (PITFALLS.md); S8S8 measured best
+# in QDQ form on this machine (README "Measured: export").
+ONNX_INT8_TYPES = {"s8s8": ("QInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8"), "u8s8": ("QUInt8", "QInt8")}
+
+
+def _rename(model, old: str, new: str) -> None:
+    """Rename a graph input/output and every reference to it."""
+    if old == new:
+        return
+    graph = model.graph
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+
+
+def to_onnx_fp32(model, metadata: dict[str, str] | None = None) -> bytes:
+    """A float32 ONNX model (opset OPSET) with input INPUT_NAME and output OUTPUT_NAME."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    height, width, channels = model.input_shape[1:]
+    signature = [tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME)]
+
+    @tf.function(input_signature=signature)
+    def forward(image):
+        return model(image, training=False)
+
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        proto, _ = tf2onnx.convert.from_function(forward, input_signature=signature, opset=OPSET)
+    log.debug("tf2onnx output:\n%s", chatter.getvalue())
+    if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
+        raise ValueError(f"tf2onnx produced {len(proto.graph.input)} inputs / {len(proto.graph.output)} outputs; "
+                         "a classifier has one of each")
+    _rename(proto, proto.graph.input[0].name, INPUT_NAME)
+    _rename(proto, proto.graph.output[0].name, OUTPUT_NAME)
+    proto.producer_name = "edgevision"
+    set_metadata(proto, metadata or {})
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def set_metadata(proto, metadata: dict[str, str]) -> None:
+    """Replace `metadata_props` entries with these keys (ONNX's place for producer key/value strings)."""
+    keep = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def read_metadata(content: bytes) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load_from_string(content).metadata_props}
+
+
+def node_types(content: bytes) -> list[str]:
+    import onnx
+
+    return [node.op_type for node in onnx.load_from_string(content).graph.node]
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over prepared uint8 images, one image per batch."""
+
+    def __init__(self, images: np.ndarray):
+        self._images = iter(images)
+
+    def get_next(self):
+        image = next(self._images, None)
+        return None if image is None else {INPUT_NAME: image[None].astype(np.float32)}
+
+
+def to_onnx_int8(fp32: bytes, images: np.ndarray, types: str = "s8s8",
+                 metadata: dict[str, str] | None = None) -> bytes:
+    """Static int8 in QDQ form: per-channel int8 weights, activations calibrated (MinMax) on `images`
+    ((N, H, W, 3) uint8 through the runtime's preprocessing). Input and output stay float32."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    activation, weight = ONNX_INT8_TYPES[types]
+
+    class Reader(_Reader, CalibrationDataReader):
+        pass
+
+    with tempfile.TemporaryDirectory(prefix="edgevision-onnx-") as work:
+        source, prepared, target = (os.path.join(work, n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        with open(source, "wb") as handle:
+            handle.write(fp32)
+        # Shape inference + graph optimization before quantizing (symbolic shapes would need sympy).
+        quant_pre_process(source, prepared, skip_symbolic_shape=True)
+        quantize_static(
+            prepared, target, Reader(images), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=getattr(QuantType, activation), weight_type=getattr(QuantType, weight),
+        )
+        proto = onnx.load(target)
+    proto.producer_name = "edgevision"
+    set_metadata(proto, metadata or {})
+    return proto.SerializeToString()
