@@ -20,6 +20,7 @@ class CLIError(Exception):
 def _add_train(sub) -> None:
     from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES
     from edgevision.train.augment import FILL_MODES, PRESETS
+    from edgevision.train.distribute import DISTRIBUTE_MODES
     from edgevision.train.model import BACKBONES, TRANSFER_MODES
     from edgevision.train.trainer import CLASS_WEIGHT_MODES
 
@@ -79,6 +80,10 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run writing --out from its last finished epoch (same options)")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="bf16 compute (Keras' mixed_bfloat16 policy); the saved model stays float32")
+    p.add_argument("--distribute", default="auto", choices=DISTRIBUTE_MODES,
+                   help="data-parallel training over several devices (JAX backend; auto: when more than one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_train)
@@ -111,6 +116,7 @@ def _cmd_train(args) -> int:
         interpolation=args.interpolation, augment=AugmentConfig.from_dict(augment),
         fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr, patience=args.patience,
         class_weights=args.class_weights, tensorboard=not args.no_tensorboard,
+        mixed_precision=args.mixed_precision, distribute=args.distribute,
     )
     if args.preview is not None:
         path = preview_augmentation(args.data_dir, args.preview, config, progress=not args.quiet)

@@ -15,6 +15,12 @@ Files that cannot be used (wrong extension, corrupt, truncated) are skipped and 
 ``Dataset.skipped`` and in one ``logging`` warning; they never crash a load and are never dropped
 silently. Hidden files and folders (names starting with ".") are ignored.
 
+:func:`index_image_folder` lists and splits a folder WITHOUT decoding it, for folders too large to hold
+in memory (train/streaming.py decodes them batch by batch). A corrupt picture can only be found by
+decoding it, so an index still contains corrupt files (only non-image files are skipped); the
+streaming loader replaces each one it meets and reports it. :func:`load_image_folder` decodes first
+and splits the usable pictures, so with corrupt files present its splits can differ from the index's.
+
 This module imports only the standard library, numpy and the runtime (tqdm lazily, if asked for
 progress): no TensorFlow, no Keras.
 """
@@ -44,6 +50,9 @@ __all__ = [
     "SkippedFile",
     "Split",
     "Dataset",
+    "IndexedSplit",
+    "DatasetIndex",
+    "index_image_folder",
     "load_image_folder",
     "IMAGE_EXTENSIONS",
 ]
@@ -69,22 +78,19 @@ class SkippedFile:
 
 
 @dataclass
-class Split:
-    """One split: paths, int64 class indices and the prepared (N, H, W, 3) uint8 RGB pictures."""
+class IndexedSplit:
+    """One split as files: paths and int64 class indices, nothing decoded."""
 
     paths: list[str]
     labels: np.ndarray
-    images: np.ndarray
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if self.labels.ndim != 1:
             raise ValueError(f"labels must be 1-D, got shape {self.labels.shape}")
-        if not (len(self.paths) == len(self.labels) == len(self.images)):
-            raise ValueError(
-                f"Split has {len(self.paths)} paths, {len(self.labels)} labels and {len(self.images)} images; "
-                "they must be the same length"
-            )
+        if len(self.paths) != len(self.labels):
+            raise ValueError(f"Split has {len(self.paths)} paths and {len(self.labels)} labels; "
+                             "they must be the same length")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -92,6 +98,21 @@ class Split:
     def class_counts(self, num_classes: int) -> np.ndarray:
         """Images per class index, length ``num_classes``."""
         return np.bincount(self.labels, minlength=num_classes).astype(np.int64)
+
+
+@dataclass
+class Split(IndexedSplit):
+    """One split: paths, int64 class indices and the prepared (N, H, W, 3) uint8 RGB pictures."""
+
+    images: np.ndarray
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (len(self.paths) == len(self.labels) == len(self.images)):
+            raise ValueError(
+                f"Split has {len(self.paths)} paths, {len(self.labels)} labels and {len(self.images)} images; "
+                "they must be the same length"
+            )
 
 
 def _empty_split(policy: PreprocessPolicy) -> Split:
@@ -103,18 +124,20 @@ def _empty_split(policy: PreprocessPolicy) -> Split:
 
 
 @dataclass
-class Dataset:
-    """A loaded image folder: class names (sorted; index = class id), three splits, what was skipped.
+class DatasetIndex:
+    """An image folder listed and split, nothing decoded: class names (sorted; index = class id), three
+    splits of paths and labels, what was skipped (non-image files; corrupt ones are found only when
+    decoded, see the module doc).
 
-    ``file_sizes`` maps every used file's path to its size in bytes at load time (what
-    :meth:`fingerprint` hashes); it is filled by :func:`load_image_folder`.
+    ``file_sizes`` maps every listed file's path to its size in bytes at indexing time (what
+    :meth:`fingerprint` hashes).
     """
 
     root: str
     labels: list[str]
-    train: Split
-    val: Split
-    test: Split
+    train: IndexedSplit
+    val: IndexedSplit
+    test: IndexedSplit
     skipped: list[SkippedFile]
     explicit_splits: bool
     file_sizes: dict[str, int] = field(default_factory=dict, repr=False)
@@ -123,10 +146,14 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.labels)
 
-    def splits(self) -> dict[str, Split]:
+    def splits(self) -> dict[str, IndexedSplit]:
         return {"train": self.train, "val": self.val, "test": self.test}
 
-    def heldout(self) -> Split:
+    def warn_skipped(self) -> None:
+        """One logging warning naming the skipped files (nothing when none were)."""
+        _warn_skipped(self.root, self.skipped)
+
+    def heldout(self) -> IndexedSplit:
         """The images export and parity checks use: ``test`` if it has any, else ``val``."""
         if len(self.test):
             return self.test
@@ -176,6 +203,24 @@ class Dataset:
                 lines.append(f"    {label:<{width}}  {row}")
         lines.append(f"  skipped files: {len(self.skipped)}")
         return "\n".join(lines)
+
+
+@dataclass
+class Dataset(DatasetIndex):
+    """A loaded image folder: a :class:`DatasetIndex` whose splits hold the decoded pictures.
+
+    ``file_sizes`` holds the used files only; it is filled by :func:`load_image_folder`.
+    """
+
+    train: Split
+    val: Split
+    test: Split
+
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def heldout(self) -> Split:
+        return super().heldout()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -387,6 +432,24 @@ def _stratified_assign(labels: np.ndarray, names: list[str], val_fraction: float
     return assigned
 
 
+def _assign_splits(files: list, classes: list[str], explicit: bool, usable: np.ndarray, val_fraction: float,
+                   test_fraction: float, seed: int) -> np.ndarray:
+    """Split name per file: the folder's split when explicit, else a stratified draw over the usable files."""
+    if explicit:
+        return np.array([split for _, _, split in files], dtype=object)
+    labels = np.array([label for _, label, _ in files], dtype=np.int64)
+    assigned = np.full(len(files), "train", dtype=object)
+    kept = np.flatnonzero(usable)
+    assigned[kept] = _stratified_assign(labels[kept], classes, float(val_fraction), float(test_fraction), int(seed))
+    return assigned
+
+
+def _check_options(val_fraction: float, test_fraction: float, seed: int) -> None:
+    _validate_fractions(val_fraction, test_fraction)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DatasetError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Decoding
 
@@ -450,7 +513,44 @@ def _warn_skipped(root: str, skipped: list[SkippedFile]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Public entry point
+# Public entry points
+
+
+def index_image_folder(
+    root: str | os.PathLike,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    warn: bool = True,
+) -> DatasetIndex:
+    """List an image folder and split it like :func:`load_image_folder`, without decoding a picture.
+
+    Same layout rules, split rules and errors as :func:`load_image_folder`; for a folder without
+    corrupt pictures the splits are identical. Corrupt pictures stay in the index (only decoding finds
+    them); :class:`edgevision.train.streaming.StreamingBatches` replaces and reports them. ``warn=False``
+    leaves the warning about skipped files to the caller (:meth:`DatasetIndex.warn_skipped`), for one
+    that may load the folder with :func:`load_image_folder` next, which warns again.
+    """
+    _check_options(val_fraction, test_fraction, seed)
+    root = os.path.abspath(os.fspath(root))
+    _check_root(root)
+    skipped: list[SkippedFile] = []
+    classes, explicit, files, _ = _discover(root, skipped)
+    assigned = _assign_splits(files, classes, explicit, np.ones(len(files), dtype=bool), val_fraction,
+                              test_fraction, seed)
+    splits = {}
+    for name in _SPLIT_NAMES:
+        members = np.flatnonzero(assigned == name)
+        splits[name] = IndexedSplit(paths=[files[i][0] for i in members],
+                                    labels=np.array([files[i][1] for i in members], dtype=np.int64))
+    index = DatasetIndex(
+        root=root, labels=list(classes), train=splits["train"], val=splits["val"], test=splits["test"],
+        skipped=skipped, explicit_splits=explicit, file_sizes={path: os.path.getsize(path) for path, _, _ in files},
+    )
+    if warn:
+        index.warn_skipped()
+    return index
 
 
 def load_image_folder(
@@ -477,9 +577,7 @@ def load_image_folder(
     """
     if not isinstance(policy, PreprocessPolicy):
         raise TypeError(f"policy must be a PreprocessPolicy, got {type(policy).__name__}")
-    _validate_fractions(val_fraction, test_fraction)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DatasetError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_options(val_fraction, test_fraction, seed)
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
@@ -520,13 +618,7 @@ def load_image_folder(
 
     _warn_skipped(root, skipped)
 
-    if explicit:
-        assigned = np.array([split for _, _, split in files], dtype=object)
-    else:
-        assigned = np.full(len(files), "train", dtype=object)
-        kept = np.flatnonzero(ok)
-        assigned[kept] = _stratified_assign(labels[kept], classes, float(val_fraction), float(test_fraction),
-                                            int(seed))
+    assigned = _assign_splits(files, classes, explicit, ok, val_fraction, test_fraction, seed)
 
     splits = {}
     for name in _SPLIT_NAMES:

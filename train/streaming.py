@@ -1,0 +1,298 @@
+"""Batches decoded from disk while training runs, for image folders too large to hold in memory.
+
+`StreamingBatches` is a `keras.utils.PyDataset`: Keras' enqueuer runs `__getitem__` for several
+batches at once in threads (OpenCV's decode and resize release the GIL, and threads share the
+batch arrays instead of pickling them between processes), so it works under every Keras backend with
+no tf.data. Every picture goes through `runtime.preprocess.load_and_prepare`, the same function as
+the in-memory loader, and training batches follow `pipeline.epoch_order`, so a streamed run sees the
+batches an in-memory run sees.
+
+A corrupt picture is only found when it is decoded: it is replaced in its batch by the next usable
+picture of the same split (with that picture's label), remembered so it is not decoded again, and
+recorded in a `StreamReport`; `ReportCorruptFiles` logs the new ones at the end of each epoch.
+
+This module imports Keras at the top; `trainer.train` imports it only when training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import keras
+
+from edgevision.runtime.preprocess import ImageDecodeError, PreprocessPolicy, load_and_prepare
+
+from .dataset import DatasetError, DatasetIndex, IndexedSplit, SkippedFile
+from .pipeline import epoch_order
+
+__all__ = ["StreamReport", "StreamingBatches", "StreamedDataset", "ReportCorruptFiles", "decode_split",
+           "predict_split", "benchmark_streaming", "IMAGE_DTYPES"]
+
+log = logging.getLogger("edgevision.train")
+
+IMAGE_DTYPES = ("float32", "uint8")
+
+
+def default_workers() -> int:
+    """Decode threads: one per core, at most 8 (beyond that the disk, not the CPU, is the limit)."""
+    return min(8, os.cpu_count() or 1)
+
+
+@dataclass
+class StreamReport:
+    """Corrupt files met while streaming (path -> reason), in the order found; shared by the train and
+    validation streams of one run and safe to update from the decode threads."""
+
+    corrupt: dict[str, str] = field(default_factory=dict)
+    replaced: int = 0  # batch slots filled with another picture because theirs was corrupt
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _logged: int = field(default=0, repr=False, compare=False)
+
+    def add(self, path: str, reason: str) -> None:
+        with self._lock:
+            self.corrupt.setdefault(path, reason)
+
+    def count_replacement(self) -> None:
+        with self._lock:
+            self.replaced += 1
+
+    def is_corrupt(self, path: str) -> bool:
+        return path in self.corrupt
+
+    def skipped(self) -> list[SkippedFile]:
+        with self._lock:
+            return [SkippedFile(path, reason) for path, reason in self.corrupt.items()]
+
+    def take_new(self) -> list[SkippedFile]:
+        """The corrupt files found since the previous call (what an epoch-end log names)."""
+        with self._lock:
+            items = list(self.corrupt.items())[self._logged :]
+            self._logged += len(items)
+        return [SkippedFile(path, reason) for path, reason in items]
+
+
+class StreamingBatches(keras.utils.PyDataset):
+    """(images, labels[, sample weights]) batches decoded from `split`'s files.
+
+    shuffle=True: endless, batch i belongs to epoch `first_epoch + i // steps_per_epoch` and follows
+    `epoch_order(len(split), seed, epoch)`, exactly as `pipeline.ShuffledBatches` (fit gets
+    `steps_per_epoch`). shuffle=False: one pass in file order (validation, evaluation). Images are
+    (B, H, W, 3) float32 0-255 or uint8 (`dtype`); the last batch of an epoch may be smaller.
+    """
+
+    def __init__(self, split: IndexedSplit, policy: PreprocessPolicy, batch_size: int, *, seed: int = 0,
+                 shuffle: bool = True, first_epoch: int = 0, weights: np.ndarray | None = None,
+                 workers: int | None = None, dtype: str = "float32", report: StreamReport | None = None,
+                 max_queue_size: int = 10, pad_multiple: int = 1):
+        workers = default_workers() if workers is None else workers
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+            raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch size must be a positive integer, got {batch_size!r}")
+        if dtype not in IMAGE_DTYPES:
+            raise ValueError(f"Unknown image dtype {dtype!r}; choose one of {', '.join(IMAGE_DTYPES)}")
+        if len(split) == 0:
+            raise ValueError("There are no images to stream")
+        if pad_multiple < 1 or (pad_multiple > 1 and shuffle):
+            raise ValueError(f"pad_multiple must be at least 1, and 1 for a shuffled stream; got {pad_multiple!r}")
+        super().__init__(workers=int(workers), use_multiprocessing=False, max_queue_size=max_queue_size)
+        self.paths, self.labels = list(split.paths), np.asarray(split.labels, dtype=np.int64)
+        self.policy, self.batch_size, self.seed = policy, int(batch_size), seed
+        self.shuffle, self.first_epoch, self.dtype = shuffle, first_epoch, dtype
+        self.sample_weights = None if weights is None else np.asarray(weights, dtype=np.float32)[self.labels]
+        self.report = report if report is not None else StreamReport()
+        self.steps_per_epoch = -(-len(self.paths) // self.batch_size)
+        self.pad_multiple = int(pad_multiple)
+        # What Keras' val_loss is multiplied by to be the mean over the real images (as
+        # distribute.padded_validation): only the last batch is padded when batch_size divides evenly.
+        self.padding_factor = (len(self.paths) + (-len(self.paths) % self.pad_multiple)) / len(self.paths)
+        self._orders: dict[int, np.ndarray] = {}
+        self._orders_lock = threading.Lock()
+
+    @property
+    def num_batches(self):
+        return None if self.shuffle else self.steps_per_epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def indices(self, index: int) -> np.ndarray:
+        """Which files (positions in the split) batch `index` holds."""
+        if not self.shuffle:
+            if not 0 <= index < self.steps_per_epoch:
+                raise IndexError(f"batch {index} out of range 0..{self.steps_per_epoch - 1}")
+            return np.arange(index * self.batch_size, min((index + 1) * self.batch_size, len(self.paths)))
+        epoch, step = divmod(index, self.steps_per_epoch)
+        epoch += self.first_epoch
+        with self._orders_lock:  # several threads ask; keep this epoch's and the next one's orders
+            order = self._orders.get(epoch)
+            if order is None:
+                order = self._orders[epoch] = epoch_order(len(self.paths), self.seed, epoch)
+                for old in [e for e in self._orders if e < epoch - 1]:
+                    del self._orders[old]
+        return order[step * self.batch_size : (step + 1) * self.batch_size]
+
+    def load(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decode files `chosen` into (images uint8, positions actually used): a corrupt file's slot
+        holds the next usable file of the split, so `used != chosen` marks replaced slots."""
+        images = np.empty((len(chosen), self.policy.height, self.policy.width, 3), dtype=np.uint8)
+        used = np.asarray(chosen, dtype=np.int64).copy()
+        for slot, position in enumerate(used):
+            used[slot] = self._decode_into(images, slot, int(position))
+        return images, used
+
+    def _decode_into(self, images: np.ndarray, slot: int, position: int) -> int:
+        count = len(self.paths)
+        for step in range(count):
+            candidate = (position + step) % count
+            path = self.paths[candidate]
+            if self.report.is_corrupt(path):
+                continue
+            try:
+                images[slot] = load_and_prepare(path, self.policy)
+            except ImageDecodeError as error:
+                self.report.add(path, f"not a decodable image: {error}")
+                continue
+            except OSError as error:
+                self.report.add(path, f"could not read the file: {error.strerror or error}")
+                continue
+            if step:
+                self.report.count_replacement()
+            return candidate
+        raise DatasetError(f"None of the {count} files of this split can be decoded (e.g. {self.paths[0]}: "
+                           f"{self.report.corrupt.get(self.paths[0], 'unreadable')})")
+
+    def __getitem__(self, index: int):
+        images, used = self.load(self.indices(index))
+        batch = (images.astype(np.float32) if self.dtype == "float32" else images, self.labels[used])
+        if self.pad_multiple > 1:  # several devices: every batch splits evenly; the copies weigh nothing
+            count = len(used)
+            chosen = np.arange(count + (-count % self.pad_multiple)) % count
+            real = np.ones(count, np.float32) if self.sample_weights is None else self.sample_weights[used]
+            weights = np.where(np.arange(len(chosen)) < count, real[chosen], 0.0).astype(np.float32)
+            return batch[0][chosen], batch[1][chosen], weights
+        if self.sample_weights is not None:
+            batch += (self.sample_weights[used],)
+        return batch
+
+
+def _loaded_batches(stream: StreamingBatches, count: int):
+    """(batch index, uint8 images, positions used) for batches 0..count-1 of a shuffle=False stream, decoded
+    by the stream's worker threads at most 2 x workers batches ahead (bounded memory, file order)."""
+    ahead = 2 * stream.workers
+    with ThreadPoolExecutor(max_workers=stream.workers, thread_name_prefix="edgevision-stream") as pool:
+        pending = {}
+        for index in range(count):
+            for next_index in range(index, min(index + ahead, count)):
+                if next_index not in pending:
+                    pending[next_index] = pool.submit(lambda i=next_index: stream.load(stream.indices(i)))
+            images, used = pending.pop(index).result()
+            yield index, images, used
+
+
+def decode_split(stream: StreamingBatches, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over a shuffle=False stream in file order with its worker threads: (uint8 images, labels,
+    positions) of the first `limit` files (all when None), corrupt ones left out (not replaced)."""
+    if stream.shuffle:
+        raise ValueError("decode_split reads a stream in file order; build it with shuffle=False")
+    total = len(stream.paths) if limit is None else min(limit, len(stream.paths))
+    images, labels, positions = [], [], []
+    for index, batch, used in _loaded_batches(stream, -(-total // stream.batch_size)):
+        chosen = stream.indices(index)
+        keep = (used == chosen) & (chosen < total)
+        images.append(batch[keep])
+        labels.append(stream.labels[used[keep]])
+        positions.append(used[keep])
+    if not images:
+        shape = (0, stream.policy.height, stream.policy.width, 3)
+        return np.zeros(shape, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(images), np.concatenate(labels), np.concatenate(positions)
+
+
+def predict_split(model, stream: StreamingBatches) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted class per file of a shuffle=False stream, batch by batch: (predicted, positions), corrupt
+    files left out, so `stream.labels[positions]` are the matching true labels."""
+    if stream.shuffle:
+        raise ValueError("predict_split reads a stream in file order; build it with shuffle=False")
+    predicted, positions = [], []
+    for index, batch, used in _loaded_batches(stream, len(stream)):
+        keep = used == stream.indices(index)
+        if keep.any():
+            scores = keras.ops.convert_to_numpy(model.predict_on_batch(batch[keep].astype(np.float32)))
+            predicted.append(np.argmax(scores, axis=1))
+            positions.append(used[keep])
+    if not predicted:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(predicted), np.concatenate(positions)
+
+
+@dataclass
+class StreamedDataset(DatasetIndex):
+    """An indexed image folder that training reads batch by batch (`TrainConfig.data_in_memory`).
+
+    `report` collects the corrupt files all its streams meet; `skipped` gets them once training has read
+    the folder (`record_corrupt`)."""
+
+    policy: PreprocessPolicy | None = None
+    workers: int | None = None
+    report: StreamReport = field(default_factory=StreamReport)
+
+    @classmethod
+    def from_index(cls, index: DatasetIndex, policy: PreprocessPolicy, workers: int | None = None) -> StreamedDataset:
+        return cls(root=index.root, labels=index.labels, train=index.train, val=index.val, test=index.test,
+                   skipped=list(index.skipped), explicit_splits=index.explicit_splits, file_sizes=index.file_sizes,
+                   policy=policy, workers=workers)
+
+    def stream(self, split: IndexedSplit, batch_size: int, **options) -> StreamingBatches:
+        return StreamingBatches(split, self.policy, batch_size, workers=self.workers, report=self.report, **options)
+
+    def record_corrupt(self) -> None:
+        """Add the corrupt files found so far to `skipped` (once each)."""
+        known = {s.path for s in self.skipped}
+        self.skipped.extend(s for s in self.report.skipped() if s.path not in known)
+
+
+class ReportCorruptFiles(keras.callbacks.Callback):
+    """Logs, at the end of each epoch, the corrupt files the streams found during it."""
+
+    def __init__(self, report: StreamReport):
+        super().__init__()
+        self.report = report
+
+    def on_epoch_end(self, epoch, logs=None):
+        new = self.report.take_new()
+        if new:
+            listed = "; ".join(f"{s.path} ({s.reason})" for s in new[:5])
+            more = f"; and {len(new) - 5} more" if len(new) > 5 else ""
+            log.warning("Epoch %d: skipped %d corrupt file(s), each replaced by another picture of its split "
+                        "(%d replacements so far): %s%s", epoch + 1, len(new), self.report.replaced, listed, more)
+
+
+def benchmark_streaming(split: IndexedSplit, policy: PreprocessPolicy, *, workers: tuple[int, ...] = (1, 2, 4),
+                        batch_size: int = 32, batches: int = 20, seed: int = 0) -> dict[int, float]:
+    """Images/s of the streaming loader for each worker count, consumed the way `fit` consumes it
+    (through Keras' PyDataset adapter and its thread enqueuer). Prints one line per worker count."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter  # what fit wraps it in
+
+    results: dict[int, float] = {}
+    for count in workers:
+        stream = StreamingBatches(split, policy, batch_size, seed=seed, workers=count, dtype="uint8")
+        adapter = PyDatasetAdapter(stream, shuffle=False)
+        iterator = adapter.get_numpy_iterator()
+        next(iterator)  # start the threads outside the timing
+        started, images = time.perf_counter(), 0
+        for _ in range(batches):
+            images += len(next(iterator)[0])
+        results[count] = images / (time.perf_counter() - started)
+        if adapter.enqueuer is not None:
+            adapter.enqueuer.stop()
+        print(f"streaming loader, {policy.width}x{policy.height}, batch {batch_size}, {count} worker(s): "
+              f"{results[count]:,.0f} images/s")
+    return results
