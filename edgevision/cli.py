@@ -22,7 +22,7 @@ def _add_train(sub) -> None:
     from edgevision.train.augment import FILL_MODES, PRESETS
     from edgevision.train.distribute import DISTRIBUTE_MODES
     from edgevision.train.model import BACKBONES, TRANSFER_MODES
-    from edgevision.train.trainer import CLASS_WEIGHT_MODES
+    from edgevision.train.trainer import CLASS_WEIGHT_MODES, DATA_IN_MEMORY_MODES
 
     p = sub.add_parser(
         "train", help="fine-tune a classifier on a folder of labelled photos",
@@ -84,6 +84,9 @@ def _add_train(sub) -> None:
                    help="bf16 compute (Keras' mixed_bfloat16 policy); the saved model stays float32")
     p.add_argument("--distribute", default="auto", choices=DISTRIBUTE_MODES,
                    help="data-parallel training over several devices (JAX backend; auto: when more than one)")
+    p.add_argument("--data-in-memory", default="auto", choices=DATA_IN_MEMORY_MODES,
+                   help="decode every image into memory (auto: when it fits in 2 GiB) or stream batches from "
+                   "disk with parallel decoding")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_train)
@@ -116,7 +119,7 @@ def _cmd_train(args) -> int:
         interpolation=args.interpolation, augment=AugmentConfig.from_dict(augment),
         fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr, patience=args.patience,
         class_weights=args.class_weights, tensorboard=not args.no_tensorboard,
-        mixed_precision=args.mixed_precision, distribute=args.distribute,
+        mixed_precision=args.mixed_precision, distribute=args.distribute, data_in_memory=args.data_in_memory,
     )
     if args.preview is not None:
         path = preview_augmentation(args.data_dir, args.preview, config, progress=not args.quiet)

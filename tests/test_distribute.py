@@ -48,6 +48,9 @@ def test_cli_passes_both_options(monkeypatch, tmp_path):
     assert (seen["config"].mixed_precision, seen["config"].distribute) == (True, "none")
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "r")]) == 130
     assert (seen["config"].mixed_precision, seen["config"].distribute) == (False, "auto")
+    assert seen["config"].data_in_memory == "auto"
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "r"), "--data-in-memory", "never"]) == 130
+    assert seen["config"].data_in_memory == "never"
 
 
 @pytest.mark.skipif(keras.backend.backend() == "jax", reason="checks the single-device path of another backend")
