@@ -22,7 +22,7 @@ def _add_train(sub) -> None:
     from edgevision.train.augment import FILL_MODES, PRESETS
     from edgevision.train.distribute import DISTRIBUTE_MODES
     from edgevision.train.model import BACKBONES, TRANSFER_MODES
-    from edgevision.train.trainer import CLASS_WEIGHT_MODES, DATA_IN_MEMORY_MODES
+    from edgevision.train.trainer import CLASS_WEIGHT_MODES, DATA_IN_MEMORY_MODES, KEEP_MODES, LR_SCHEDULES
 
     p = sub.add_parser(
         "train", help="fine-tune a classifier on a folder of labelled photos",
@@ -50,6 +50,13 @@ def _add_train(sub) -> None:
                    help="mode finetune: learning rate of the second phase (default: --lr / 10)")
     p.add_argument("--fine-tune-blocks", type=int, default=None,
                    help="mode finetune: unfreeze only the top N blocks of the backbone (default: all)")
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                   help="cosine: each phase warms up over its first epoch, then decays to 0 (default constant)")
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="train towards 1-S for the true class and S/classes for every class (default 0)")
+    p.add_argument("--keep", default="best", choices=KEEP_MODES,
+                   help="which epoch's weights the run keeps: the best by validation accuracy, or the last "
+                        "(default best)")
     p.add_argument("--patience", type=int, default=None,
                    help="stop a phase after this many epochs without a better validation accuracy (default: never)")
     p.add_argument("--class-weights", default="none", choices=CLASS_WEIGHT_MODES,
@@ -117,8 +124,8 @@ def _cmd_train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, resize=args.resize,
         interpolation=args.interpolation, augment=AugmentConfig.from_dict(augment),
-        fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr, patience=args.patience,
-        class_weights=args.class_weights, tensorboard=not args.no_tensorboard,
+        fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr, lr_schedule=args.lr_schedule,
+        label_smoothing=args.label_smoothing, keep=args.keep, patience=args.patience, class_weights=args.class_weights, tensorboard=not args.no_tensorboard,
         mixed_precision=args.mixed_precision, distribute=args.distribute, data_in_memory=args.data_in_memory,
     )
     if args.preview is not None:

@@ -5,6 +5,7 @@ same run killed with SIGKILL after its first epoch and resumed, which must end b
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,13 +21,14 @@ from edgevision.runtime.preprocess import load_and_prepare
 from edgevision.train import ModelConfig, TrainConfig
 from edgevision.train.augment import AugmentConfig
 from edgevision.train.callbacks import Monitor
-from edgevision.train.checkpoint import STATE_FILE, work_dir
+from edgevision.train.checkpoint import STATE_FILE, RunState, save_best, work_dir
+from edgevision.train.optim import SparseSmoothedCrossentropy, classification_loss, learning_rate
 from edgevision.train.pipeline import ShuffledBatches, epoch_order
 from edgevision.train.report import classification_report, write_report
 from edgevision.train.run_dir import RunInfo
 from edgevision.train.sample_data import SampleDataUnavailable, mnist_sample, write_image_folder
 from edgevision.train.tensorboard import ScalarWriter, crc32c
-from edgevision.train.trainer import class_weights
+from edgevision.train.trainer import class_weights, keep_weights
 
 keras = pytest.importorskip("keras")
 
@@ -71,6 +73,10 @@ def test_train_config_errors_name_the_value_and_the_choices(tmp_path):
         TrainConfig(model=ModelConfig(weights="none", mode="scratch"), fine_tune_epochs=3)
     with pytest.raises(ValueError, match="patience must be at least 1.*got 0"):
         TrainConfig(patience=0)
+    with pytest.raises(ValueError, match="Unknown learning-rate schedule 'step'; choose one of constant, cosine"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match=r"label smoothing must be in \[0, 1\), got 1.0"):
+        TrainConfig(label_smoothing=1.0)
     with pytest.raises(ValueError, match="Unknown class weighting 'yes'; choose one of none, balanced"):
         TrainConfig(class_weights="yes")
     with pytest.raises(ValueError, match="fine-tuning learning rate must be in \\(0, 1\\), got 2"):
@@ -87,6 +93,29 @@ def test_finetune_has_two_phases_with_a_tenth_of_the_learning_rate_by_default():
     assert record["augment"]["rotation"] == 10.0 and json.loads(json.dumps(record)) == record
 
 
+def test_label_smoothing_loss_matches_the_formula_and_is_plain_cross_entropy_at_zero():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=6).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 1, 0])
+    plain = keras.losses.sparse_categorical_crossentropy(labels, probs)
+    np.testing.assert_allclose(classification_loss(0.0)(labels, probs), np.mean(plain), rtol=1e-6)
+    np.testing.assert_allclose(SparseSmoothedCrossentropy(0.0).call(labels, probs), plain, rtol=1e-5)
+    targets = np.full((6, 4), 0.2 / 4) + 0.8 * np.eye(4)[labels]
+    expected = -(targets * np.log(probs)).sum(axis=1)
+    np.testing.assert_allclose(classification_loss(0.2).call(labels, probs), expected, rtol=1e-5)
+    np.testing.assert_allclose(classification_loss(0.2)(labels, probs), expected.mean(), rtol=1e-5)
+
+
+def test_cosine_schedule_warms_up_over_the_first_epoch_then_decays_to_zero():
+    assert learning_rate(0.01, "constant", 5, 10) == 0.01
+    schedule = learning_rate(0.01, "cosine", 5, 10)  # 50 steps: 10 of warm-up, 40 of decay
+    at = {step: float(schedule(step)) for step in (0, 5, 10, 30, 50)}
+    assert at[0] == 0.0 and at[5] == pytest.approx(0.005) and at[10] == pytest.approx(0.01)
+    assert at[30] == pytest.approx(0.005) and at[50] == pytest.approx(0.0, abs=1e-9)
+    single = learning_rate(0.01, "cosine", 1, 10)  # one epoch: no warm-up
+    assert float(single(0)) == pytest.approx(0.01) and float(single(5)) == pytest.approx(0.005)
+
+
 def test_batches_visit_every_image_once_per_epoch_in_a_seeded_order():
     images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
     labels = np.array([0] * 7 + [1] * 3)
@@ -98,11 +127,28 @@ def test_batches_visit_every_image_once_per_epoch_in_a_seeded_order():
         np.testing.assert_array_equal(seen, epoch_order(10, 5, epoch))
     assert not np.array_equal(epoch_order(10, 5, 0), epoch_order(10, 5, 1))
     x, y, w = batches[0]
-    assert x.dtype == np.float32 and x.shape == (4, 2, 2, 3)
+    assert x.dtype == np.uint8 and x.shape == (4, 2, 2, 3)  # cast to float32 by the model, on the device
     np.testing.assert_array_equal(w, np.where(y == 0, 0.5, 2.0))
     resumed = ShuffledBatches(images, labels, batch_size=4, seed=5, first_epoch=1)
     np.testing.assert_array_equal(resumed[0][0], batches[3][0])  # a resumed run sees the same batches
     assert len(resumed[0]) == 2  # no weights: (images, labels)
+
+
+def test_keep_loads_the_best_epochs_weights_or_leaves_the_last(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    best = [np.full(v.shape, 1.0, "float32") for v in model.weights]
+    last = [np.full(v.shape, 2.0, "float32") for v in model.weights]
+    model.set_weights(best)
+    save_best(tmp_path, model.variables)
+    state = RunState(config={}, fingerprint="", epoch=5, monitor={"best_epoch": 2, "best": 0.9})
+    for keep, has_validation, epoch, expected in [("last", True, 4, last), ("best", False, 4, last),
+                                                  ("best", True, 2, best)]:
+        model.set_weights(last)
+        assert keep_weights(keep, model, tmp_path, state, has_validation) == epoch, (keep, has_validation)
+        for got, want in zip(model.get_weights(), expected):
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="Unknown keep 'first'; choose one of best, last"):
+        TrainConfig(keep="first")
 
 
 def test_monitor_keeps_the_first_best_and_stops_after_patience():
@@ -238,7 +284,7 @@ def options(tmp_path_factory):
     return ["--weights", str(path), "--mode", "finetune", "--fine-tune-blocks", "2", "--input-size", "32",
             "--epochs", str(EPOCHS), "--fine-tune-epochs", str(FINE_TUNE_EPOCHS), "--batch-size", "16",
             "--lr", str(LR), "--seed", "3", "--augment", "light", "--class-weights", "balanced", "--patience", "4",
-            "--quiet"]
+            "--lr-schedule", "cosine", "--label-smoothing", "0.1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -273,11 +319,17 @@ def test_the_saved_model_has_no_random_layer_and_predicts_deterministically(run)
 def test_finetune_runs_its_phases_with_the_lower_learning_rate(run):
     info = RunInfo.load(run)
     assert info.history["phase"] == [0.0] * EPOCHS + [1.0] * FINE_TUNE_EPOCHS
-    np.testing.assert_allclose(info.history["learning_rate"], [LR] * EPOCHS + [LR / 10] * FINE_TUNE_EPOCHS, rtol=1e-6)
+    # Cosine per phase: warm-up to the phase's rate over its first epoch (when it has more than one), then
+    # down to 0 at its last step; logged at each epoch's end.
+    def cosine(rate, epochs):
+        return [rate * 0.5 * (1 + math.cos(math.pi * e / (epochs - 1))) for e in range(epochs)] if epochs > 1 else [0.0]
+    np.testing.assert_allclose(info.history["learning_rate"], cosine(LR, EPOCHS) + cosine(LR / 10, FINE_TUNE_EPOCHS),
+                               rtol=1e-6, atol=1e-12)
+    assert info.training["lr_schedule"] == "cosine" and info.training["label_smoothing"] == 0.1
     assert info.training["augment"]["rotation"] == 10.0 and info.training["class_weights"] == "balanced"
     assert info.model["mode"] == "finetune" and info.model["fine_tune_blocks"] == 2
     best = int(np.argmax(info.history["val_accuracy"]))  # the first best epoch is the one kept
-    assert info.metrics["best_epoch"] == best
+    assert info.metrics["best_epoch"] == info.metrics["kept_epoch"] == best  # --keep best, the default
     assert info.metrics["best_val_accuracy"] == pytest.approx(info.history["val_accuracy"][best])
     assert not work_dir(run).exists(), "a finished run removes its work folder"
 

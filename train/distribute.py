@@ -177,7 +177,10 @@ class ValidationPadding:
                 if logs is None or "val_loss" not in logs or not len(padding.images):
                     return
                 probs = self.model(padding.images, training=False)
-                losses = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(padding.labels, probs))
+                # Per-image losses of the loss the model was compiled with (label smoothing included).
+                loss = self.model.loss
+                per_image = loss.call if isinstance(loss, keras.losses.Loss) else keras.losses.get(loss)
+                losses = keras.ops.convert_to_numpy(per_image(padding.labels, probs))
                 hits = np.argmax(keras.ops.convert_to_numpy(probs), axis=1) == padding.labels
                 total = padding.count + len(padding.images)
                 copies_loss = float(losses.sum()) if padding.copies_in_loss else 0.0

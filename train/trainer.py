@@ -34,6 +34,8 @@ log = logging.getLogger("edgevision.train")
 
 CLASS_WEIGHT_MODES = ("none", "balanced")
 DATA_IN_MEMORY_MODES = ("auto", "always", "never")
+LR_SCHEDULES = ("constant", "cosine")
+KEEP_MODES = ("best", "last")
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3  # "auto" decodes into memory when N x H x W x 3 bytes stays below this
 LOGS_DIR = "logs"
 
@@ -59,6 +61,13 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     fine_tune_epochs: int | None = None  # mode "finetune", phase two; None: as many as `epochs`
     fine_tune_lr: float | None = None  # mode "finetune", phase two; None: learning_rate / 10
+    # "cosine": each phase warms up over its first epoch, then decays to 0 at its end (see optim.py).
+    lr_schedule: str = "constant"
+    label_smoothing: float = 0.0  # target (1 - s) for the true class, s / classes spread over all
+    # Which epoch's weights model.keras holds: the "best" by validation accuracy (the last when there are
+    # no validation images), or the "last" (what a decaying schedule is built for; a small validation
+    # set's best is partly luck).
+    keep: str = "best"
     patience: int | None = None  # epochs without a better validation accuracy that end a phase
     class_weights: str = "none"  # or "balanced"
     tensorboard: bool = True
@@ -87,6 +96,12 @@ class TrainConfig:
             raise ValueError(f"fine_tune_epochs must be at least 1, got {self.fine_tune_epochs}")
         if self.fine_tune_lr is not None and not 0 < self.fine_tune_lr < 1:
             raise ValueError(f"fine-tuning learning rate must be in (0, 1), got {self.fine_tune_lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.keep not in KEEP_MODES:
+            raise ValueError(f"Unknown keep {self.keep!r}; choose one of {', '.join(KEEP_MODES)}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be at least 1 epoch (or None for no early stopping), got {self.patience}")
         if self.class_weights not in CLASS_WEIGHT_MODES:
@@ -228,8 +243,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
         _fit_phases(trained, classifier, dataset, config, state, work, checkpoint, progress,
                     devices.count)
 
-        if len(dataset.val) and restore_best(work, classifier.variables):
-            log.info("keeping epoch %s, the best by validation accuracy", state.monitor.get("best_epoch"))
+        kept_epoch = keep_weights(config.keep, classifier, work, state, bool(len(dataset.val)))
     if config.mixed_precision:
         classifier = float32_copy(classifier)  # export and the runtime expect float32 in and out
     # Deterministic preprocessing: the classifier alone, never the augmentation in front of it.
@@ -248,6 +262,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
         train_paths=[os.path.abspath(p) for p in dataset.train.paths],  # int8 calibration images
         heldout_labels=[int(v) for v in heldout.labels],
         metrics={f"{heldout_split}_accuracy": heldout_accuracy, "epochs": state.epoch, "best_epoch": best_epoch,
+                 "kept_epoch": kept_epoch,
                  "best_val_accuracy": state.monitor.get("best") if len(dataset.val) else None,
                  "resumed_at": state.resumed_at},
         history=state.history,
@@ -265,8 +280,20 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     return TrainResult(
         run_dir=out_dir, labels=dataset.labels, heldout_accuracy=heldout_accuracy, heldout_split=heldout_split,
         heldout_count=len(heldout), skipped=len(dataset.skipped), seconds=time.perf_counter() - started,
-        epochs=state.epoch, best_epoch=best_epoch, resumed_at=list(state.resumed_at),
+        epochs=state.epoch, best_epoch=best_epoch if kept_epoch == best_epoch else None, resumed_at=list(state.resumed_at),
     )
+
+
+def keep_weights(keep: str, classifier, work: Path, state: RunState, has_validation: bool) -> int:
+    """Load the weights model.keras will hold into `classifier` (which ends training with the last
+    epoch's) and return that epoch (0-based): the best by validation accuracy for keep="best" when
+    there was validation, else the last."""
+    last = state.epoch - 1
+    if keep == "best" and has_validation and restore_best(work, classifier.variables):
+        best = state.monitor.get("best_epoch")
+        log.info("keeping epoch %s, the best by validation accuracy", None if best is None else best + 1)
+        return best
+    return last
 
 
 def _fit_phases(trained, classifier, dataset: DatasetIndex, config: TrainConfig, state: RunState, work: Path,
@@ -276,6 +303,7 @@ def _fit_phases(trained, classifier, dataset: DatasetIndex, config: TrainConfig,
 
     from .callbacks import EpochEnd, Monitor
     from .distribute import ValidationPadding, pad_batches, padded_validation
+    from .optim import classification_loss, learning_rate
     from .tensorboard import ScalarWriter
 
     weights = class_weights(dataset.train.labels, len(dataset.labels), config.class_weights)
@@ -305,8 +333,9 @@ def _fit_phases(trained, classifier, dataset: DatasetIndex, config: TrainConfig,
             unfreeze(classifier, config.model)
         for layer in trainable_batchnorms(classifier):
             layer.momentum = momentum_for(steps)
-        trained.compile(optimizer=keras.optimizers.Adam(phase.learning_rate),
-                        loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        rate = learning_rate(phase.learning_rate, config.lr_schedule, phase.epochs, steps)
+        trained.compile(optimizer=keras.optimizers.Adam(rate), loss=classification_loss(config.label_smoothing),
+                        metrics=["accuracy"])
         if mid_phase and index == state.phase:
             # The optimizer's moments and step count continue too, not just the weights.
             trained.optimizer.build(trained.trainable_variables)
@@ -392,7 +421,7 @@ def _training_batches(dataset: DatasetIndex, config: TrainConfig, first_epoch: i
         return ShuffledBatches(dataset.train.images, dataset.train.labels, config.batch_size, config.seed,
                                first_epoch=first_epoch, weights=weights)
     return dataset.stream(dataset.train, config.batch_size, seed=config.seed, first_epoch=first_epoch,
-                          weights=weights)
+                          weights=weights, dtype="uint8")
 
 
 def _validation_data(dataset: DatasetIndex, config: TrainConfig, device_count: int):
@@ -400,8 +429,8 @@ def _validation_data(dataset: DatasetIndex, config: TrainConfig, device_count: i
     if not len(dataset.val):
         return None
     if isinstance(dataset, Dataset):
-        return dataset.val.images.astype(np.float32), dataset.val.labels
-    return dataset.stream(dataset.val, config.batch_size, shuffle=False, pad_multiple=device_count)
+        return dataset.val.images, dataset.val.labels  # uint8: the model's input casts them
+    return dataset.stream(dataset.val, config.batch_size, shuffle=False, pad_multiple=device_count, dtype="uint8")
 
 
 def _stream_callbacks(dataset: DatasetIndex) -> list:
@@ -427,7 +456,7 @@ def _predict_heldout(classifier, dataset: DatasetIndex, heldout):
     """(predicted classes, the held-out split they belong to): a streamed run leaves out the corrupt files
     it found, and records every corrupt file it met in `dataset.skipped`."""
     if isinstance(dataset, Dataset):
-        scores = classifier.predict(heldout.images.astype(np.float32), batch_size=64, verbose=0)
+        scores = classifier.predict(heldout.images, batch_size=64, verbose=0)  # uint8: cast per batch by the model
         return np.argmax(scores, axis=1), heldout
     from .streaming import predict_split
 
