@@ -157,7 +157,7 @@ def _devices() -> list[str]:
     if keras.backend.backend() == "jax":
         import jax
 
-        return [str(d) for d in jax.devices()]
+        return [f"{d.platform}:{d.device_kind}" for d in jax.devices()]  # e.g. gpu:NVIDIA H100 80GB HBM3
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
