@@ -168,16 +168,16 @@ def _versions() -> dict:
 
 
 def _training_model(classifier, config: TrainConfig):
-    """What `fit` trains: the classifier, behind the augmentation layer when augmentation is on."""
-    if not config.augment.enabled:
-        return classifier
+    """What `fit` trains: the classifier, behind the augmentation layer when augmentation is on. Always a
+    model of its own, so the classifier saved to model.keras is never compiled: its file holds no loss
+    or optimizer that a plain `keras.saving.load_model` would have to resolve."""
     import keras
 
     from .augment import augmentation_layer
 
     inputs = keras.Input(classifier.input_shape[1:], dtype="float32", name="image")
-    augmented = augmentation_layer(config.augment, seed=config.seed)(inputs)
-    return keras.Model(inputs, classifier(augmented), name="training")
+    x = augmentation_layer(config.augment, seed=config.seed)(inputs) if config.augment.enabled else inputs
+    return keras.Model(inputs, classifier(x), name="training")
 
 
 def _check_resumable(state: RunState, config: dict, fingerprint: str, work: Path) -> None:
