@@ -126,7 +126,7 @@ def throughput(*, backbone: str = "mobilenet_v2", alpha: float | None = 0.35, in
     from .model import build_classifier
     from .optim import classification_loss
     from .pipeline import ShuffledBatches
-    from .trainer import TrainConfig, _training_model
+    from .trainer import TrainConfig, training_model
 
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -138,7 +138,7 @@ def throughput(*, backbone: str = "mobilenet_v2", alpha: float | None = 0.35, in
                "images_timed": len(images), "backend": keras.backend.backend(),
                "devices": _devices(), "mixed_precision": mixed_precision}
     for augment in (AugmentConfig.none(), AugmentConfig.light()):
-        model = _training_model(build_classifier(config, 10), TrainConfig(model=config, augment=augment))
+        model = training_model(build_classifier(config, 10), TrainConfig(model=config, augment=augment))
         model.compile(optimizer="adam", loss=classification_loss(), metrics=["accuracy"])
         batches = ShuffledBatches(images, labels, batch_size, seed=0)
         model.fit(batches, steps_per_epoch=2, epochs=1, shuffle=False, verbose=0)  # compiles the step

@@ -167,7 +167,7 @@ def _versions() -> dict:
             "numpy": np.__version__}
 
 
-def _training_model(classifier, config: TrainConfig):
+def training_model(classifier, config: TrainConfig):
     """What `fit` trains: the classifier, behind the augmentation layer when augmentation is on. Always a
     model of its own, so the classifier saved to model.keras is never compiled: its file holds no loss
     or optimizer that a plain `keras.saving.load_model` would have to resolve."""
@@ -231,7 +231,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
         classifier = build_classifier(config.model, len(dataset.labels))
         if config.mixed_precision:
             float32_output(classifier)
-        trained = _training_model(classifier, config)
+        trained = training_model(classifier, config)
         state = checkpoint.state if checkpoint else RunState(config=record, fingerprint=fingerprint)
         if checkpoint is not None:
             assign_arrays(trained.variables, checkpoint.model_paths, checkpoint.model_arrays, "model")
