@@ -7,10 +7,10 @@ Two passes over the Keras 3 functional graph:
 1. `flatten`: nested functional models (the keras.applications backbone) are inlined into one flat
    graph, every layer is cloned with its weights, and layers that are the identity at inference
    (Dropout and friends) are dropped. The result computes exactly what `model(x, training=False)` does.
-2. folding: a BatchNormalization whose input comes from a Conv2D / DepthwiseConv2D (linear activation,
-   the BN its only consumer) is folded backwards into that convolution,
+2. folding: a BatchNormalization whose input comes from a Conv2D / DepthwiseConv2D or a Dense (linear
+   activation, the BN its only consumer) is folded backwards into that layer,
    kernel * gamma / sqrt(var + eps) and bias (b - mean) * gamma / sqrt(var + eps) + beta; a bias-less
-   convolution becomes one with a bias. A BatchNormalization on a feature vector whose only consumer is
+   layer becomes one with a bias (the classifier head's hidden Dense is one). A BatchNormalization on a feature vector whose only consumer is
    a Dense layer (the classifier head) is folded forwards into the Dense. ReLU6 / hard-swish stay
    separate layers after the folded convolution, so they see the same values as before.
 
@@ -31,8 +31,8 @@ _INFERENCE_IDENTITY = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "Spati
 
 @dataclass
 class FoldReport:
-    """What folding did: (batchnorm, layer) name pairs folded backwards into convolutions and forwards
-    into Dense layers, and the BatchNormalization layers it could not fold."""
+    """What folding did: (batchnorm, layer) name pairs folded into convolutions and into Dense layers
+    (backwards or forwards), and the BatchNormalization layers it could not fold."""
 
     into_conv: list[tuple[str, str]] = field(default_factory=list)
     into_dense: list[tuple[str, str]] = field(default_factory=list)
@@ -152,7 +152,8 @@ def _last_axis(bn, rank: int) -> bool:
 
 
 def _fold_plan(model) -> tuple[dict[int, str], dict[int, object], dict[int, object]]:
-    """Which layers fold: id(bn) -> "conv" | "dense", id(conv or dense) -> its bn."""
+    """Which layers fold: id(bn) -> "conv" (backwards, into the convolution or Dense before it) | "dense"
+    (forwards, into the Dense after it), id(layer) -> its bn."""
     import keras
 
     consumers = _consumers(model)
@@ -173,13 +174,17 @@ def _fold_plan(model) -> tuple[dict[int, str], dict[int, object], dict[int, obje
             continue
         conv = _producer(x)
         if (
-            isinstance(conv, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
-            and not isinstance(conv, keras.layers.Conv2DTranspose)
-            and conv.data_format == "channels_last"
+            (
+                isinstance(conv, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+                and not isinstance(conv, keras.layers.Conv2DTranspose)
+                and conv.data_format == "channels_last"
+                or isinstance(conv, keras.layers.Dense) and len(x.shape) == 2
+            )
             and len(conv._inbound_nodes) == 1
             and conv.get_config().get("activation") == "linear"
             and consumers.get(id(x), 0) == 1
             and id(conv) not in conv_bn
+            and id(conv) not in dense_bn
         ):
             bn_role[id(bn)], conv_bn[id(conv)] = "conv", bn
             continue
@@ -191,6 +196,7 @@ def _fold_plan(model) -> tuple[dict[int, str], dict[int, object], dict[int, obje
             and isinstance(next_layers[0], keras.layers.Dense)
             and len(next_layers[0]._inbound_nodes) == 1
             and id(next_layers[0]) not in dense_bn
+            and id(next_layers[0]) not in conv_bn
         ):
             bn_role[id(bn)], dense_bn[id(next_layers[0])] = "dense", bn
     return bn_role, conv_bn, dense_bn
@@ -202,7 +208,7 @@ def _folded_conv_weights(conv, bn) -> list[np.ndarray]:
     weights = conv.get_weights()
     kernel = weights[0].astype(np.float64)
     bias = weights[1].astype(np.float64) if conv.use_bias else np.zeros(kernel.shape[-1] if not isinstance(
-        conv, keras.layers.DepthwiseConv2D) else kernel.shape[2] * kernel.shape[3])
+        conv, keras.layers.DepthwiseConv2D) else kernel.shape[2] * kernel.shape[3])  # a Dense's (in, out) too
     scale, shift = _bn_affine(bn)
     if isinstance(conv, keras.layers.DepthwiseConv2D):
         # Depthwise kernels are (kh, kw, in, multiplier); output channel c = i * multiplier + m.
@@ -241,7 +247,7 @@ def fold_batchnorm(model):
             new = _clone(op, use_bias=True, name=op.name)
             result = new(*args, **kwargs)
             new.set_weights(_folded_conv_weights(op, bn))
-            report.into_conv.append((bn.name, op.name))
+            (report.into_dense if isinstance(op, keras.layers.Dense) else report.into_conv).append((bn.name, op.name))
             return result
         if id(op) in dense_bn:
             bn = dense_bn[id(op)]
