@@ -41,6 +41,9 @@ def _add_train(sub) -> None:
     p.add_argument("--mode", default="head", choices=TRANSFER_MODES,
                    help="head: freeze the pretrained backbone, train a new head; finetune: head first, then "
                    "unfreeze the backbone at a lower learning rate; scratch: train everything from random init")
+    p.add_argument("--head-units", type=int, default=256,
+                   help="width of the head's hidden layer (Dense -> BatchNorm -> ReLU; default 256)")
+    p.add_argument("--dropout", type=float, default=0.2, help="dropout rate before the softmax layer (default 0.2)")
     p.add_argument("--epochs", type=int, default=10, help="epochs (mode finetune: of the head phase; default 10)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
@@ -120,7 +123,8 @@ def _cmd_train(args) -> int:
                     if getattr(args, flag) is not None})
     config = TrainConfig(
         model=ModelConfig(backbone=args.backbone, alpha=args.alpha, input_size=args.input_size,
-                          weights=args.weights, mode=args.mode, fine_tune_blocks=args.fine_tune_blocks),
+                          weights=args.weights, mode=args.mode, fine_tune_blocks=args.fine_tune_blocks,
+                          head_units=args.head_units, dropout=args.dropout),
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction, resize=args.resize,
         interpolation=args.interpolation, augment=AugmentConfig.from_dict(augment),

@@ -160,7 +160,7 @@ def test_mobilenet_v3_features_equal_keras_own_preprocessing_model(tmp_path):
     path = tmp_path / "v3small.weights.h5"
     reference.save_weights(path)
     model = build_classifier(ModelConfig(backbone="mobilenet_v3_small", input_size=64, weights=str(path)), 2)
-    features = keras.Model(model.input, model.get_layer("head_bn").input)
+    features = keras.Model(model.input, model.get_layer("head_dense").input)
     batch = _photo_batch(64)
     np.testing.assert_allclose(np.asarray(features(batch)), np.asarray(reference(batch)), atol=1e-4)
 
@@ -185,7 +185,7 @@ def test_efficientnet_lite0_imagenet_classifier_uses_the_wheel_weights_and_one_n
     from edgevision.train.efficientnet_lite0 import build_efficientnet_lite0
 
     reference = build_efficientnet_lite0(96, weights="imagenet", include_preprocessing=True)
-    features = keras.Model(lite0_head_model.input, lite0_head_model.get_layer("head_bn").input)
+    features = keras.Model(lite0_head_model.input, lite0_head_model.get_layer("head_dense").input)
     batch = _photo_batch(96)
     mine = np.asarray(features(batch))
     np.testing.assert_allclose(mine, np.asarray(reference(batch)), atol=1e-4)

@@ -164,6 +164,12 @@ def test_weights_folder_is_not_a_weights_file(tmp_path):
         ModelConfig(weights=str(tmp_path))
 
 
+@pytest.mark.parametrize("units", [0, -3, 2.5, True])
+def test_bad_head_units(units):
+    with pytest.raises(ValueError, match=f"head_units {units!r} must be a whole number of at least 1"):
+        ModelConfig(head_units=units)
+
+
 @pytest.mark.parametrize("dropout", [-0.1, 1.0, 1.5])
 def test_bad_dropout(dropout):
     with pytest.raises(ValueError, match=f"Dropout {dropout}"):
@@ -210,13 +216,23 @@ def test_no_random_layer_is_active_at_inference(scratch_model, mnist_rgb32):
     np.testing.assert_array_equal(np.asarray(dropout(features, training=False)), features)
 
 
+def test_the_head_normalises_its_hidden_layer_not_the_backbone_features(head_model):
+    """backbone -> Dense (no bias; the BN brings it) -> BatchNorm -> ReLU -> Dropout -> softmax: the
+    order train/model.py explains (standardising pretrained features amplifies their dead channels)."""
+    names = [layer.name for layer in head_model.layers]
+    backbone = names.index(_backbone(head_model).name)
+    assert names[backbone + 1:] == ["head_dense", "head_bn", "head_relu", "head_dropout", "probs"]
+    dense = head_model.get_layer("head_dense")
+    assert dense.units == 256 and not dense.use_bias
+
+
 def test_head_mode_freezes_the_backbone(head_model):
     backbone = _backbone(head_model)
     assert backbone.trainable is False
     assert backbone.trainable_weights == []
     assert len(backbone.non_trainable_weights) > 100
     trainable_names = {w.path for w in head_model.trainable_weights}
-    assert trainable_names and all(name.startswith(("head_bn", "probs")) for name in trainable_names), trainable_names
+    assert trainable_names and all(name.startswith(("head_dense", "head_bn", "probs")) for name in trainable_names), trainable_names
     listed = trainable_batchnorms(head_model)
     assert [layer.name for layer in listed] == ["head_bn"]
     backbone_bns = _batchnorms(backbone)

@@ -225,9 +225,10 @@ def test_cli_augmentation_options_override_the_preset(monkeypatch, tmp_path):
     code = main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--augment", "light", "--rotation", "30",
                  "--vflip", "--fill-mode", "constant", "--fill-value", "128", "--noise", "4", "--crop", "0.1",
                  "--class-weights", "balanced", "--patience", "3", "--resume", "--no-tensorboard",
-                 "--weights", "none", "--mode", "scratch"])
+                 "--weights", "none", "--mode", "scratch", "--head-units", "24", "--dropout", "0.3"])
     assert code == 130
     config = seen["config"]
+    assert (config.model.head_units, config.model.dropout) == (24, 0.3)
     assert config.augment == AugmentConfig(
         rotation=30.0, width_shift=0.1, height_shift=0.1, zoom=0.1, horizontal_flip=True, vertical_flip=True,
         fill_mode="constant", fill_value=128.0, brightness=0.1, contrast=0.1, noise_std=4.0, crop=0.1)
@@ -284,7 +285,7 @@ def options(tmp_path_factory):
     return ["--weights", str(path), "--mode", "finetune", "--fine-tune-blocks", "2", "--input-size", "32",
             "--epochs", str(EPOCHS), "--fine-tune-epochs", str(FINE_TUNE_EPOCHS), "--batch-size", "16",
             "--lr", str(LR), "--seed", "3", "--augment", "light", "--class-weights", "balanced", "--patience", "4",
-            "--lr-schedule", "cosine", "--label-smoothing", "0.1", "--quiet"]
+            "--lr-schedule", "cosine", "--label-smoothing", "0.1", "--head-units", "24", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -307,6 +308,7 @@ def test_the_saved_model_has_no_random_layer_and_predicts_deterministically(run)
 
     names = [layer.name for layer in layers(model)]
     assert model.name == "edgevision_mobilenet_v2" and "augmentation" not in names
+    assert model.get_layer("head_dense").units == 24
     assert not any("Random" in type(layer).__name__ for layer in layers(model))
     info = RunInfo.load(run)
     images = np.stack([load_and_prepare(p, info.preprocess) for p in info.heldout_paths]).astype(np.float32)
@@ -327,7 +329,7 @@ def test_finetune_runs_its_phases_with_the_lower_learning_rate(run):
                                rtol=1e-6, atol=1e-12)
     assert info.training["lr_schedule"] == "cosine" and info.training["label_smoothing"] == 0.1
     assert info.training["augment"]["rotation"] == 10.0 and info.training["class_weights"] == "balanced"
-    assert info.model["mode"] == "finetune" and info.model["fine_tune_blocks"] == 2
+    assert info.model["mode"] == "finetune" and info.model["fine_tune_blocks"] == 2 and info.model["head_units"] == 24
     best = int(np.argmax(info.history["val_accuracy"]))  # the first best epoch is the one kept
     assert info.metrics["best_epoch"] == info.metrics["kept_epoch"] == best  # --keep best, the default
     assert info.metrics["best_val_accuracy"] == pytest.approx(info.history["val_accuracy"][best])

@@ -1,7 +1,17 @@
 """Build the classifier: raw 0-255 RGB in, class probabilities out.
 
     image (H, W, 3) float32, 0-255  ->  Rescaling (the backbone's own input scaling)
-    ->  backbone (global average pool)  ->  BatchNormalization  ->  Dropout  ->  Dense softmax
+    ->  backbone (global average pool)  ->  Dense (head_units, no bias)  ->  BatchNormalization
+    ->  ReLU  ->  Dropout  ->  Dense softmax
+
+The head's BatchNormalization sits on its hidden layer, not on the backbone's pooled features: a
+pretrained backbone's features include near-dead channels (a tenth of EfficientNet-Lite0's 1280 vary
+100x less than the median one), and standardising each channel amplifies those to the size of the
+informative ones. Measured on frozen Lite0 features at 160 px (Fashion-MNIST, 50 images a class, all
+10,000 test images): BatchNormalization -> Dropout -> Dense 78.2%, Dropout -> Dense with no
+BatchNormalization 81.0%, this head 81.4-82.1%, logistic regression on the same features 82.0%.
+The dropout comes after the BatchNormalization, so the statistics it learns (and `recalibrate_batchnorm`
+measures) are those of inference, with no dropout before it.
 
 Normalization is the first layer of the graph, so every exported artifact takes camera pixels as they
 are and no device has to know the backbone's normalization. Backbones are built without their own
@@ -46,6 +56,8 @@ class ModelConfig:
     weights: str = "imagenet"
     mode: str = "head"
     dropout: float = 0.2
+    # Width of the head's hidden layer (Dense -> BatchNormalization -> ReLU).
+    head_units: int = 256
     # Mode "finetune" only: how many of the backbone's top blocks phase two unfreezes; None = all.
     fine_tune_blocks: int | None = None
 
@@ -88,6 +100,8 @@ class ModelConfig:
             _check_blocks(self.fine_tune_blocks, spec)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"Dropout {self.dropout} must be in [0, 1)")
+        if isinstance(self.head_units, bool) or not isinstance(self.head_units, int) or self.head_units < 1:
+            raise ValueError(f"head_units {self.head_units!r} must be a whole number of at least 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,7 +133,9 @@ def build_classifier(config: ModelConfig, num_classes: int):
         x = backbone(x, training=False)
     else:
         x = backbone(x)
+    x = keras.layers.Dense(config.head_units, use_bias=False, name="head_dense")(x)  # the BN brings the bias
     x = keras.layers.BatchNormalization(name="head_bn")(x)
+    x = keras.layers.ReLU(name="head_relu")(x)
     x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)
     return keras.Model(inputs, outputs, name=f"edgevision_{config.backbone}")
