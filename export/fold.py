@@ -10,9 +10,10 @@ Two passes over the Keras 3 functional graph:
 2. folding: a BatchNormalization whose input comes from a Conv2D / DepthwiseConv2D or a Dense (linear
    activation, the BN its only consumer) is folded backwards into that layer,
    kernel * gamma / sqrt(var + eps) and bias (b - mean) * gamma / sqrt(var + eps) + beta; a bias-less
-   layer becomes one with a bias (the classifier head's hidden Dense is one). A BatchNormalization on a feature vector whose only consumer is
-   a Dense layer (the classifier head) is folded forwards into the Dense. ReLU6 / hard-swish stay
-   separate layers after the folded convolution, so they see the same values as before.
+   layer becomes one with a bias (the classifier head's hidden Dense is one). A BatchNormalization on a
+   feature vector with no linear layer before it, whose only consumer is a Dense layer, is folded
+   forwards into that Dense. ReLU6 / hard-swish stay separate layers after the folded layer, so they see
+   the same values as before.
 
 A BN that fits neither rule is left in place and listed in `FoldReport.unfolded`; the converters then
 lower it to Mul/Add, which is still correct.
@@ -207,8 +208,9 @@ def _folded_conv_weights(conv, bn) -> list[np.ndarray]:
 
     weights = conv.get_weights()
     kernel = weights[0].astype(np.float64)
+    # Output channels: the last kernel axis of a Conv2D (kh, kw, in, out) or a Dense (in, out).
     bias = weights[1].astype(np.float64) if conv.use_bias else np.zeros(kernel.shape[-1] if not isinstance(
-        conv, keras.layers.DepthwiseConv2D) else kernel.shape[2] * kernel.shape[3])  # a Dense's (in, out) too
+        conv, keras.layers.DepthwiseConv2D) else kernel.shape[2] * kernel.shape[3])
     scale, shift = _bn_affine(bn)
     if isinstance(conv, keras.layers.DepthwiseConv2D):
         # Depthwise kernels are (kh, kw, in, multiplier); output channel c = i * multiplier + m.
