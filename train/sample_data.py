@@ -7,6 +7,8 @@
 - :func:`take_per_class` draws a small stratified subset; :func:`write_image_folder` writes images as
   an image folder (one subfolder per class) that :func:`edgevision.train.dataset.load_image_folder`
   reads.
+- :func:`write_photo_folder`: a folder of camera-sized JPEG photos (random crops of the photos that
+  scikit-image and scikit-learn ship), for measuring how fast real JPEGs decode and stream.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ __all__ = [
     "read_idx",
     "take_per_class",
     "write_image_folder",
+    "sample_photos",
+    "write_photo_folder",
 ]
 
 MNIST_CLASS_NAMES = [str(d) for d in range(10)]
@@ -201,12 +205,14 @@ def write_image_folder(
     class_names: list[str],
     root: str | os.PathLike,
     ext: str = ".png",
+    quality: int = 95,
 ) -> Path:
     """Write images as an image folder: ``root/<class name>/<index>.<ext>``, e.g. ``root/7/00012.png``.
 
     ``images`` is (N, H, W) grey or (N, H, W, 3) RGB uint8; ``labels`` holds indices into
     ``class_names``. The file name is the image's index in ``images``. A folder is created only for
-    classes that have images. ``root`` is created; an existing non-empty folder is refused.
+    classes that have images. ``quality`` is the JPEG quality (1-100) for ``.jpg``/``.jpeg``.
+    ``root`` is created; an existing non-empty folder is refused.
     Returns ``Path(root)``.
     """
     images = np.asarray(images)
@@ -233,6 +239,9 @@ def write_image_folder(
     if not isinstance(ext, str) or ext.lower() not in IMAGE_EXTENSIONS:
         raise ValueError(f"Unknown image extension {ext!r}; choose one of {', '.join(IMAGE_EXTENSIONS)}")
 
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality {quality!r} is invalid; use an integer from 1 to 100")
+
     root = Path(root)
     if root.exists():
         if not root.is_dir():
@@ -241,13 +250,72 @@ def write_image_folder(
             raise FileExistsError(f"{root} is not empty; refusing to write images into it (choose a new or empty folder)")
     root.mkdir(parents=True, exist_ok=True)
     width = max(5, len(str(max(len(images) - 1, 0))))
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext.lower() in (".jpg", ".jpeg") else []
     for index in np.unique(labels):
         (root / class_names[int(index)]).mkdir(exist_ok=True)
     for i, (image, label) in enumerate(zip(images, labels)):
         picture = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        ok, encoded = cv2.imencode(ext.lower(), picture)
+        ok, encoded = cv2.imencode(ext.lower(), picture, params)
         if not ok:
             raise OSError(f"OpenCV could not encode image {i} as {ext}")
         # imencode + write_bytes rather than imwrite: works for non-ASCII paths on Windows and fails loudly.
         (root / class_names[int(label)] / f"{i:0{width}d}{ext}").write_bytes(encoded.tobytes())
+    return root
+
+
+# Colour photos shipped inside the scikit-image and scikit-learn wheels (file names, read with OpenCV:
+# skimage.data's own loaders may try to download the photos they do not ship).
+_PHOTO_FILES = {
+    "skimage": ("data/astronaut.png", "data/chelsea.png", "data/coffee.png", "data/rocket.jpg",
+                "data/motorcycle_left.png", "data/retina.jpg"),
+    "sklearn": ("datasets/images/china.jpg", "datasets/images/flower.jpg"),
+}
+
+
+def sample_photos() -> dict[str, np.ndarray]:
+    """The shipped colour photos that are installed (name -> RGB uint8); needs scikit-image or scikit-learn."""
+    photos = {}
+    for package, names in _PHOTO_FILES.items():
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        base = Path(list(spec.submodule_search_locations)[0])
+        for name in names:
+            picture = cv2.imread(str(base / name), cv2.IMREAD_COLOR)
+            if picture is not None:
+                photos[Path(name).stem] = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
+    if not photos:
+        raise SampleDataUnavailable("No sample photos found: install scikit-image or scikit-learn "
+                                    "(pip install scikit-image)")
+    return photos
+
+
+def write_photo_folder(root: str | os.PathLike, count: int, size: tuple[int, int] = (500, 375), *,
+                       quality: int = 90, seed: int = 0) -> Path:
+    """Write `count` distinct JPEG photos of `size` (width, height) as an image folder, one class per
+    source photo: each is a random crop (40-100% of the area, any position, mirrored half the time) of
+    one photo, with a random colour gain, so no two files hold the same pixels. 500x375 at quality 90 is
+    about what an ImageNet photo is, which is what decode speed depends on."""
+    photos = sample_photos()
+    names = sorted(photos)
+    width, height = size
+    rng = np.random.default_rng(seed)
+    pictures, labels = [], []
+    for i in range(count):
+        label = i % len(names)
+        photo = photos[names[label]]
+        ph, pw = photo.shape[:2]
+        scale = np.sqrt(rng.uniform(0.4, 1.0))
+        ch = min(ph, max(8, round(min(ph, pw * height / width) * scale)))
+        cw = min(pw, max(8, round(ch * width / height)))
+        top, left = rng.integers(0, ph - ch + 1), rng.integers(0, pw - cw + 1)
+        crop = photo[top : top + ch, left : left + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        picture = cv2.resize(np.ascontiguousarray(crop), (width, height), interpolation=cv2.INTER_AREA)
+        gain = rng.uniform(0.8, 1.2, size=3)
+        pictures.append(np.clip(picture * gain, 0, 255).astype(np.uint8))
+        labels.append(label)
+    root = Path(root)
+    write_image_folder(np.stack(pictures), np.asarray(labels), names, root, ext=".jpg", quality=quality)
     return root
