@@ -97,6 +97,8 @@ def _add_train(sub) -> None:
     p.add_argument("--data-in-memory", default="auto", choices=DATA_IN_MEMORY_MODES,
                    help="decode every image into memory (auto: when it fits in 2 GiB) or stream batches from "
                    "disk with parallel decoding")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="decode threads for loading or streaming the images (default: one per core, at most 32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_train)
@@ -131,6 +133,7 @@ def _cmd_train(args) -> int:
         fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr, lr_schedule=args.lr_schedule,
         label_smoothing=args.label_smoothing, keep=args.keep, patience=args.patience, class_weights=args.class_weights, tensorboard=not args.no_tensorboard,
         mixed_precision=args.mixed_precision, distribute=args.distribute, data_in_memory=args.data_in_memory,
+        workers=args.workers,
     )
     if args.preview is not None:
         path = preview_augmentation(args.data_dir, args.preview, config, progress=not args.quiet)

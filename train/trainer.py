@@ -72,6 +72,7 @@ class TrainConfig:
     class_weights: str = "none"  # or "balanced"
     tensorboard: bool = True
     data_in_memory: str = "auto"  # decode the folder into memory, or stream it from disk (see _load_data)
+    workers: int | None = None  # decode threads for loading or streaming; None: one per core (dataset.default_workers)
     mixed_precision: bool = False  # bf16 compute (Keras' "mixed_bfloat16"); the saved model is float32
     distribute: str = "auto"  # "auto", "none" or "data_parallel" (see distribute.py)
 
@@ -106,6 +107,9 @@ class TrainConfig:
             raise ValueError(f"patience must be at least 1 epoch (or None for no early stopping), got {self.patience}")
         if self.class_weights not in CLASS_WEIGHT_MODES:
             raise ValueError(f"Unknown class weighting {self.class_weights!r}; choose one of {', '.join(CLASS_WEIGHT_MODES)}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ValueError(f"workers must be a positive integer or None (one per core), got {self.workers!r}")
         if self.data_in_memory not in DATA_IN_MEMORY_MODES:
             raise ValueError(f"Unknown data_in_memory {self.data_in_memory!r}; choose one of {', '.join(DATA_IN_MEMORY_MODES)}")
         if self.distribute not in DISTRIBUTE_MODES:
@@ -180,10 +184,16 @@ def training_model(classifier, config: TrainConfig):
     return keras.Model(inputs, classifier(x), name="training")
 
 
+# Options that do not change what is trained (decode threads): a run may resume with other values.
+_FREE_ON_RESUME = ("workers",)
+
+
 def _check_resumable(state: RunState, config: dict, fingerprint: str, work: Path) -> None:
-    if state.config != config:
-        changed = sorted(k for k in set(state.config) | set(config) if state.config.get(k) != config.get(k))
-        details = "; ".join(f"{k}: checkpoint {state.config.get(k)!r}, now {config.get(k)!r}" for k in changed)
+    saved = {k: v for k, v in state.config.items() if k not in _FREE_ON_RESUME}
+    config = {k: v for k, v in config.items() if k not in _FREE_ON_RESUME}
+    if saved != config:
+        changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {config.get(k)!r}" for k in changed)
         raise ValueError(f"Cannot resume from '{work}': the options differ ({details}); "
                          "rerun with the options of the interrupted run, or without --resume to start over")
     if state.fingerprint != fingerprint:
@@ -409,9 +419,10 @@ def _load_data(data_dir: str | os.PathLike, config: TrainConfig, progress: bool)
             if config.data_in_memory == "auto":
                 log.info("Streaming the images from disk: decoded they would take %.1f GB (more than %.1f GB)",
                          size / 1e9, IN_MEMORY_LIMIT_BYTES / 1e9)
-            return StreamedDataset.from_index(index, config.policy)
+            return StreamedDataset.from_index(index, config.policy, workers=config.workers)
     return load_image_folder(data_dir, config.policy, val_fraction=config.val_fraction,
-                             test_fraction=config.test_fraction, seed=config.seed, progress=progress)
+                             test_fraction=config.test_fraction, seed=config.seed, workers=config.workers,
+                             progress=progress)
 
 
 def _training_batches(dataset: DatasetIndex, config: TrainConfig, first_epoch: int, weights):
