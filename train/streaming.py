@@ -17,7 +17,6 @@ This module imports Keras at the top; `trainer.train` imports it only when train
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +28,8 @@ import keras
 
 from edgevision.runtime.preprocess import ImageDecodeError, PreprocessPolicy, load_and_prepare
 
-from .dataset import DatasetError, DatasetIndex, IndexedSplit, SkippedFile
-from .pipeline import epoch_order
+from .dataset import DatasetError, DatasetIndex, IndexedSplit, SkippedFile, default_workers
+from .pipeline import epoch_batch
 
 __all__ = ["StreamReport", "StreamingBatches", "StreamedDataset", "ReportCorruptFiles", "decode_split",
            "predict_split", "benchmark_streaming", "IMAGE_DTYPES"]
@@ -38,11 +37,6 @@ __all__ = ["StreamReport", "StreamingBatches", "StreamedDataset", "ReportCorrupt
 log = logging.getLogger("edgevision.train")
 
 IMAGE_DTYPES = ("float32", "uint8")
-
-
-def default_workers() -> int:
-    """Decode threads: one per core, at most 8 (beyond that the disk, not the CPU, is the limit)."""
-    return min(8, os.cpu_count() or 1)
 
 
 @dataclass
@@ -90,7 +84,7 @@ class StreamingBatches(keras.utils.PyDataset):
     def __init__(self, split: IndexedSplit, policy: PreprocessPolicy, batch_size: int, *, seed: int = 0,
                  shuffle: bool = True, first_epoch: int = 0, weights: np.ndarray | None = None,
                  workers: int | None = None, dtype: str = "float32", report: StreamReport | None = None,
-                 max_queue_size: int = 10, pad_multiple: int = 1):
+                 max_queue_size: int | None = None, pad_multiple: int = 1):
         workers = default_workers() if workers is None else workers
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
             raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
@@ -102,6 +96,9 @@ class StreamingBatches(keras.utils.PyDataset):
             raise ValueError("There are no images to stream")
         if pad_multiple < 1 or (pad_multiple > 1 and shuffle):
             raise ValueError(f"pad_multiple must be at least 1, and 1 for a shuffled stream; got {pad_multiple!r}")
+        # Keras' enqueuer keeps at most max_queue_size batches requested: at least one per worker, or some
+        # workers idle while the step waits for data. Twice that absorbs uneven decode times.
+        max_queue_size = 2 * int(workers) if max_queue_size is None else max_queue_size
         super().__init__(workers=int(workers), use_multiprocessing=False, max_queue_size=max_queue_size)
         self.paths, self.labels = list(split.paths), np.asarray(split.labels, dtype=np.int64)
         self.policy, self.batch_size, self.seed = policy, int(batch_size), seed
@@ -130,14 +127,8 @@ class StreamingBatches(keras.utils.PyDataset):
                 raise IndexError(f"batch {index} out of range 0..{self.steps_per_epoch - 1}")
             return np.arange(index * self.batch_size, min((index + 1) * self.batch_size, len(self.paths)))
         epoch, step = divmod(index, self.steps_per_epoch)
-        epoch += self.first_epoch
-        with self._orders_lock:  # several threads ask; keep this epoch's and the next one's orders
-            order = self._orders.get(epoch)
-            if order is None:
-                order = self._orders[epoch] = epoch_order(len(self.paths), self.seed, epoch)
-                for old in [e for e in self._orders if e < epoch - 1]:
-                    del self._orders[old]
-        return order[step * self.batch_size : (step + 1) * self.batch_size]
+        return epoch_batch(self._orders, self._orders_lock, len(self.paths), self.seed, epoch + self.first_epoch,
+                           step, self.batch_size)
 
     def load(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decode files `chosen` into (images uint8, positions actually used): a corrupt file's slot
@@ -276,9 +267,12 @@ class ReportCorruptFiles(keras.callbacks.Callback):
 
 
 def benchmark_streaming(split: IndexedSplit, policy: PreprocessPolicy, *, workers: tuple[int, ...] = (1, 2, 4),
-                        batch_size: int = 32, batches: int = 20, seed: int = 0) -> dict[int, float]:
+                        batch_size: int = 32, batches: int | None = None, seed: int = 0,
+                        say=print) -> dict[int, float]:
     """Images/s of the streaming loader for each worker count, consumed the way `fit` consumes it
-    (through Keras' PyDataset adapter and its thread enqueuer). Prints one line per worker count."""
+    (through Keras' PyDataset adapter and its thread enqueuer), timed after the first batch (the threads'
+    start). `batches` defaults to about 1,000 images per worker, so every count is timed for a while.
+    Says one line per worker count."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter  # what fit wraps it in
 
     results: dict[int, float] = {}
@@ -288,11 +282,11 @@ def benchmark_streaming(split: IndexedSplit, policy: PreprocessPolicy, *, worker
         iterator = adapter.get_numpy_iterator()
         next(iterator)  # start the threads outside the timing
         started, images = time.perf_counter(), 0
-        for _ in range(batches):
+        for _ in range(batches or max(8, -(-1000 * count // batch_size))):
             images += len(next(iterator)[0])
         results[count] = images / (time.perf_counter() - started)
         if adapter.enqueuer is not None:
             adapter.enqueuer.stop()
-        print(f"streaming loader, {policy.width}x{policy.height}, batch {batch_size}, {count} worker(s): "
-              f"{results[count]:,.0f} images/s")
+        say(f"streaming loader, {policy.width}x{policy.height}, batch {batch_size}, {count} worker(s): "
+            f"{results[count]:,.0f} images/s")
     return results
