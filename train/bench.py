@@ -6,9 +6,13 @@
   same `train()` a user runs, on image folders written to disk.
 - `throughput`: training images/s of one configuration with augmentation off and on, in the same
   process, on whatever accelerator Keras sees.
+- `streaming`: how fast this machine decodes 224-px training pictures from JPEG files (per core and
+  with one thread per core), and a real training step fed streamed from the JPEGs against fed from
+  memory, in the same process.
 
     python -m edgevision.train.bench limited-data --out /tmp/ld
     python -m edgevision.train.bench throughput --backbone mobilenet_v2 --alpha 1.0 --input-size 224
+    python -m edgevision.train.bench streaming --out /tmp/sb
 """
 
 from __future__ import annotations
@@ -115,40 +119,168 @@ def limited_data(out: str | Path, *, per_class: int = 50, val_per_class: int = 1
     return rows
 
 
-def throughput(*, backbone: str = "mobilenet_v2", alpha: float | None = 0.35, input_size: int = 96,
-               batch_size: int = 64, steps: int = 20, mixed_precision: bool = False, say=print) -> dict:
-    """Training images/s of one configuration (from scratch: every layer trains), augmentation off then
-    on (the `light` preset), after a warm-up that compiles the step. Batches come the way `train`
-    feeds them (uint8 pictures held in memory, gathered in a seeded order by `ShuffledBatches`, cast
-    on the accelerator), built from random pixels: the speed does not depend on what they show."""
-    import keras
+class _StepClock:
+    """Times the training steps after the first `warmup` (compilation, the data pipeline's start): images/s
+    of batches warmup+1..last, from the end of step `warmup` (results fetched, so the device has finished
+    it) to the end of fit (its logs are fetched after the last step)."""
 
+    def __init__(self, warmup: int, batch_size: int):
+        import keras
+
+        clock = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == warmup - 1:
+                    keras.ops.convert_to_numpy(logs["loss"])  # wait for the device
+                    clock.start = time.perf_counter()
+                clock.steps = batch + 1
+
+            def on_train_end(self, logs=None):
+                clock.end = time.perf_counter()
+
+        self.callback = Callback()
+        self.warmup, self.batch_size = warmup, batch_size
+        self.start = self.end = None
+        self.steps = 0
+
+    def rate(self) -> float:
+        return (self.steps - self.warmup) * self.batch_size / (self.end - self.start)
+
+
+def timed_fit(model, batches, *, steps: int, warmup: int, batch_size: int) -> float:
+    """Training images/s of `model` on `steps` full batches from `batches`, after `warmup` untimed ones."""
+    clock = _StepClock(warmup, batch_size)
+    model.fit(batches, steps_per_epoch=warmup + steps, epochs=1, shuffle=False, verbose=0, callbacks=[clock.callback])
+    return clock.rate()
+
+
+def _compiled_training_model(config: ModelConfig, classes: int, augment: AugmentConfig):
     from .model import build_classifier
     from .optim import classification_loss
-    from .pipeline import ShuffledBatches
-    from .trainer import TrainConfig, training_model
+    from .trainer import training_model
+
+    model = training_model(build_classifier(config, classes), TrainConfig(model=config, augment=augment))
+    model.compile(optimizer="adam", loss=classification_loss(), metrics=["accuracy"])
+    return model
+
+
+def _set_precision(mixed_precision: bool) -> None:
+    import keras
 
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+
+def throughput(*, backbone: str = "mobilenet_v2", alpha: float | None = 0.35, input_size: int = 96,
+               batch_size: int = 64, steps: int = 20, warmup: int = 3, mixed_precision: bool = False,
+               say=print) -> dict:
+    """Training images/s of one configuration (from scratch: every layer trains), augmentation off then
+    on (the `light` preset), timed after `warmup` steps that compile the step. Batches come the way
+    `train` feeds in-memory data (uint8 pictures, gathered in a seeded order by `ShuffledBatches`, cast
+    on the accelerator), built from random pixels: the speed does not depend on what they show."""
+    from .pipeline import ShuffledBatches
+
+    _set_precision(mixed_precision)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch_size * steps, input_size, input_size, 3), dtype=np.uint8)
-    labels = rng.integers(0, 10, batch_size * steps)
+    count = batch_size * (steps + warmup)
+    images = rng.integers(0, 256, (count, input_size, input_size, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, count)
     config = ModelConfig(backbone=backbone, alpha=alpha, input_size=input_size, weights="none", mode="scratch")
     figures = {"backbone": backbone, "alpha": config.alpha, "input_size": input_size, "batch_size": batch_size,
-               "images_timed": len(images), "backend": keras.backend.backend(),
-               "devices": _devices(), "mixed_precision": mixed_precision}
+               "images_timed": batch_size * steps, **_machine(), "mixed_precision": mixed_precision}
     for augment in (AugmentConfig.none(), AugmentConfig.light()):
-        model = training_model(build_classifier(config, 10), TrainConfig(model=config, augment=augment))
-        model.compile(optimizer="adam", loss=classification_loss(), metrics=["accuracy"])
-        batches = ShuffledBatches(images, labels, batch_size, seed=0)
-        model.fit(batches, steps_per_epoch=2, epochs=1, shuffle=False, verbose=0)  # compiles the step
-        start = time.perf_counter()
-        model.fit(batches, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
-        rate = len(images) / (time.perf_counter() - start)
+        model = _compiled_training_model(config, 10, augment)
+        rate = timed_fit(model, ShuffledBatches(images, labels, batch_size, seed=0), steps=steps, warmup=warmup,
+                         batch_size=batch_size)
         figures["images_per_s_augmented" if augment.enabled else "images_per_s"] = round(rate, 1)
     figures["augmentation_cost"] = round(1 - figures["images_per_s_augmented"] / figures["images_per_s"], 3)
     say(json.dumps(figures))
     return figures
+
+
+def streaming(out: str | Path, *, images: int = 1024, photo_size: tuple[int, int] = (500, 375),
+              input_size: int = 224, worker_counts: tuple[int, ...] | None = None, backbone: str = "mobilenet_v2",
+              alpha: float | None = 0.35, batch_size: int = 64, steps: int = 20, warmup: int = 3,
+              mixed_precision: bool = False, augment: str = "light", say=print) -> dict:
+    """Can a folder of JPEGs feed training as fast as pictures held in memory?
+
+    1. Decode: images/s of the streaming loader (file -> the one decoder -> crop and resize to
+       input_size, uint8 batches) with 1 worker thread (the per-core figure) and with more.
+    2. Training: images/s of the same model's real training step fed from memory (the folder decoded
+       once, `ShuffledBatches`) and streamed from the JPEGs (`StreamingBatches`, one thread per core),
+       in the same process; `streamed_vs_in_memory` is their ratio.
+
+    The photos are written once to `out`/photos (`write_photo_folder`) and read from the page cache,
+    so the figures are decode, not disk, speed."""
+    from edgevision.runtime.preprocess import PreprocessPolicy
+
+    from .dataset import IndexedSplit, default_workers, index_image_folder, load_image_folder
+    from .pipeline import ShuffledBatches
+    from .sample_data import write_photo_folder
+    from .streaming import StreamingBatches, benchmark_streaming
+
+    if images < batch_size * 2:
+        raise ValueError(f"images ({images}) must be at least two batches ({2 * batch_size})")
+    folder = Path(out) / "photos"
+    if not folder.exists():
+        say(f"writing {images} photos of {photo_size[0]}x{photo_size[1]} to {folder}")
+        write_photo_folder(folder, images, photo_size)
+    index = index_image_folder(folder, val_fraction=0, test_fraction=0)
+    policy = PreprocessPolicy(input_size, input_size)
+    cores = default_workers()
+    worker_counts = worker_counts or tuple(sorted({1, max(1, cores // 2), cores}))
+    figures = {"photos": len(index.train), "photo_size": f"{photo_size[0]}x{photo_size[1]}",
+               "mean_file_kb": round(np.mean(list(index.file_sizes.values())) / 1e3, 1), "input_size": input_size,
+               **_machine(), "usable_cores": cores}
+
+    rates = benchmark_streaming(index.train, policy, workers=worker_counts, batch_size=32, say=say)
+    figures["decode_images_per_s"] = {str(k): round(v, 1) for k, v in rates.items()}
+    figures["decode_images_per_s_per_core"] = round(rates[min(rates)] / min(rates), 1)
+
+    started = time.perf_counter()
+    memory = load_image_folder(folder, policy, val_fraction=0, test_fraction=0)
+    figures["decode_into_memory_s"] = round(time.perf_counter() - started, 2)
+
+    _set_precision(mixed_precision)
+    config = ModelConfig(backbone=backbone, alpha=alpha, input_size=input_size, weights="none", mode="scratch")
+    model = _compiled_training_model(config, len(index.labels), AugmentConfig.preset(augment))
+    figures.update(backbone=backbone, alpha=config.alpha, batch_size=batch_size, augment=augment,
+                   mixed_precision=mixed_precision, images_timed=batch_size * steps, workers=cores)
+    # Whole batches only (a short last batch would compile another step): both feeds see the same shapes.
+    usable = len(memory.train) - len(memory.train) % batch_size
+    fed = {"in_memory": ShuffledBatches(memory.train.images[:usable], memory.train.labels[:usable], batch_size, seed=0),
+           "streamed": StreamingBatches(IndexedSplit(index.train.paths[:usable], index.train.labels[:usable]), policy,
+                                         batch_size, seed=0, dtype="uint8")}
+    for name, batches in fed.items():
+        figures[f"train_images_per_s_{name}"] = round(
+            timed_fit(model, batches, steps=steps, warmup=warmup, batch_size=batch_size), 1)
+    figures["streamed_vs_in_memory"] = round(figures["train_images_per_s_streamed"]
+                                             / figures["train_images_per_s_in_memory"], 3)
+    say(json.dumps(figures))
+    return figures
+
+
+def _machine() -> dict:
+    """What the figures were measured on: Keras backend, accelerator, CPU model and its int8/SIMD flags."""
+    import platform
+
+    import keras
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    cpu = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "asimd", "asimddp") if f in flags]
+    return {"backend": keras.backend.backend(), "devices": _devices(), "cpu": cpu, "cpu_flags": simd}
 
 
 def _devices() -> list[str]:
@@ -181,13 +313,24 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--seed", type=int, default=0)
     ld.add_argument("--only", action="append", help="run only settings whose name contains this (repeatable)")
     tp = sub.add_parser("throughput", help="training images/s with augmentation off and on")
-    tp.add_argument("--backbone", default="mobilenet_v2")
-    tp.add_argument("--alpha", type=float, default=0.35)
     tp.add_argument("--input-size", type=int, default=96)
-    tp.add_argument("--batch-size", type=int, default=64)
-    tp.add_argument("--steps", type=int, default=20)
-    tp.add_argument("--mixed-precision", action="store_true", help="bf16 compute (GPU)")
-    tp.add_argument("--json", metavar="PATH", help="also write the figures to this file")
+    st = sub.add_parser("streaming", help="JPEG decode images/s per core, and training streamed from JPEGs vs "
+                        "from memory")
+    st.add_argument("--out", required=True, help="folder for the generated photos (reused when present)")
+    st.add_argument("--images", type=int, default=1024, help="how many photos to write")
+    st.add_argument("--photo-size", default="500x375", help="WIDTHxHEIGHT of the photos (default: ImageNet-like)")
+    st.add_argument("--input-size", type=int, default=224)
+    st.add_argument("--workers", default=None, help="comma-separated decode thread counts to time "
+                    "(default: 1, half the cores, all)")
+    st.add_argument("--augment", default="light", help="augmentation preset for the training step")
+    for p in (tp, st):
+        p.add_argument("--backbone", default="mobilenet_v2")
+        p.add_argument("--alpha", type=float, default=0.35)
+        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--steps", type=int, default=20, help="timed training steps")
+        p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+        p.add_argument("--mixed-precision", action="store_true", help="bf16 compute (GPU)")
+        p.add_argument("--json", metavar="PATH", help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.which == "limited-data":
         rows = limited_data(args.out, per_class=args.per_class, input_size=args.input_size, seed=args.seed,
@@ -195,11 +338,23 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| setting | input | test accuracy (10,000 images) | seconds |\n|---|---|---|---|")
         for row in rows:
             print(f"| {row['setting']} | {row['input_size']} | {row['test_accuracy']:.2%} | {row['seconds']:.0f} |")
+        return 0
+    common = dict(backbone=args.backbone, alpha=args.alpha, input_size=args.input_size, batch_size=args.batch_size,
+                  steps=args.steps, warmup=args.warmup, mixed_precision=args.mixed_precision)
+    if args.which == "throughput":
+        figures = throughput(**common)
     else:
-        figures = throughput(backbone=args.backbone, alpha=args.alpha, input_size=args.input_size,
-                             batch_size=args.batch_size, steps=args.steps, mixed_precision=args.mixed_precision)
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2))
+        width, _, height = args.photo_size.partition("x")
+        if not (width.isdigit() and height.isdigit()):
+            parser.error(f"--photo-size {args.photo_size!r} is not WIDTHxHEIGHT, e.g. 500x375")
+        try:
+            counts = tuple(int(c) for c in args.workers.split(",")) if args.workers else None
+        except ValueError:
+            parser.error(f"--workers {args.workers!r} is not a comma-separated list of thread counts, e.g. 1,4,16")
+        figures = streaming(args.out, images=args.images, photo_size=(int(width), int(height)), worker_counts=counts,
+                            augment=args.augment, **common)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU training check for issue 3, as one device run (at most about 8 minutes on an H100/H200, each step under a timeout):
-#   bash benchmarks/gpu/fetch.sh        # here, once: wheels + data into .gpu/
-#   device run: bash benchmarks/gpu/check.sh   with carry [".gpu"], timeout_s 540
+# The GPU training check, as one run of at most about 9 minutes on a machine with an NVIDIA GPU, Python
+# 3.12 with JAX (CUDA) and OpenCV, and no network:
+#   bash benchmarks/gpu/fetch.sh        # on a machine with network, once: wheels + data into .gpu/
+#   bash benchmarks/gpu/check.sh        # on the GPU machine, from the repository root, with .gpu/ copied along
+# Each step runs under its own timeout, so one that fails or hangs leaves the others' figures.
 # Writes $OUT/gpu-check.log (everything) and $OUT/*.json (the figures).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-out}
@@ -11,16 +13,53 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 REPO=$(pwd)
 cd /tmp  # not the checkout: its edgevision/ folder would shadow the installed package
 export PYTHONPATH=/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi -L
-python3 -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"
-# 1. Throughput, the issue's figure: MobileNetV2 1.0 224x224, bf16, augmentation off then on, same process.
-timeout 180 python3 -m edgevision.train.bench throughput --backbone mobilenet_v2 --alpha 1.0 --input-size 224 \
-    --batch-size 256 --steps 60 --mixed-precision --json "$OUT/throughput-bf16.json"
-# 2. The real training path on the GPU: the limited-data benchmark's transfer settings through train(),
-#    at 160 px (the CPU table's size) and 224 px (Lite0's own size; too slow to sweep on 2 CPU cores).
+# Steps 1 and 2 train the same model: the second one reuses the compiled step from this cache.
+export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
+step() { echo "== $1 ($(date +%T))"; }
+step "machine"
+nvidia-smi -L; nproc; grep -m1 "model name" /proc/cpuinfo
+python3 -c "import jax, keras, cv2, numpy; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__, 'opencv', cv2.__version__, 'numpy', numpy.__version__)"
+
+# 1. MobileNetV2 1.0 224x224 bf16 batch 256, augmentation off then on (the `light` preset), one process.
+step "throughput"
+timeout 160 python3 -m edgevision.train.bench throughput --backbone mobilenet_v2 --alpha 1.0 --input-size 224 \
+    --batch-size 256 --steps 40 --warmup 5 --mixed-precision --json "$OUT/throughput-bf16.json"
+
+# 2. Fed from JPEG files on disk: decode images/s per core and with 4/8/16 threads, then the same training
+#    step (with augmentation) fed from memory and streamed from 4,096 500x375 JPEGs.
+step "streaming"
+timeout 160 python3 -m edgevision.train.bench streaming --out /tmp/sb --images 4096 --workers 1,4,8,16 \
+    --backbone mobilenet_v2 --alpha 1.0 --input-size 224 --batch-size 256 --steps 30 --warmup 5 \
+    --mixed-precision --json "$OUT/streaming-bf16.json"
+
+# 3. The limited-data benchmark's best setting through train(): EfficientNet-Lite0 fine-tuned at 224 px
+#    on 50 Fashion-MNIST images a class, tested on all 10,000 test images.
+step "limited-data"
 mkdir -p /tmp/ld && tar -C /tmp/ld -xzf "$REPO/.gpu/limited-data.tgz"
-for size in 160 224; do
-    mkdir -p /tmp/ld$size && ln -sfn /tmp/ld/data /tmp/ld$size/data
-    timeout 120 python3 -m edgevision.train.bench limited-data --out /tmp/ld$size --input-size $size \
-        --only "efficientnet_lite0 finetune"; cp /tmp/ld$size/results.json "$OUT/limited-data-gpu-$size.json" 2>/dev/null
-done
+timeout 180 python3 -m edgevision.train.bench limited-data --out /tmp/ld --input-size 224 \
+    --only "efficientnet_lite0 finetune, no aug"
+cp /tmp/ld/results.json "$OUT/limited-data-gpu-224.json" 2>/dev/null
+
+# 4. keras.distribution.DataParallel on this machine's accelerators: the batch is sharded over a mesh of
+#    every visible device and a few training steps run (with one GPU the mesh has one device).
+step "data-parallel"
+timeout 60 python3 - <<'EOF' | tee "$OUT/data-parallel.txt"
+import jax, keras, numpy as np
+from edgevision.train.model import ModelConfig, build_classifier
+devices = keras.distribution.list_devices()
+distribution = keras.distribution.DataParallel(devices=devices)
+batch = 32 * len(devices)
+with distribution.scope():
+    model = build_classifier(ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=96, weights="none",
+                                         mode="scratch"), 10)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).integers(0, 256, (batch * 4, 96, 96, 3)).astype("float32")
+    y = np.arange(batch * 4) % 10
+    history = model.fit(x, y, batch_size=batch, epochs=2, verbose=0)
+layout = distribution.get_data_layout((batch, 96, 96, 3))
+sharded = jax.device_put(x[:batch], layout.backend_layout)
+print("devices", devices, "mesh", distribution.device_mesh.shape, "global batch", batch,
+      "per-device shard", [s.data.shape for s in sharded.addressable_shards],
+      "loss", [round(v, 4) for v in history.history["loss"]])
+EOF
+step "done"
