@@ -404,8 +404,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter (CPU features, MLIR passes) drowns the progress output.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ start-up chatter (CPU features, oneDNN, MLIR passes) drowns the progress output and
+    # the one-line errors; a level the user set wins.
+    from edgevision.tflogs import quiet_tensorflow
+
+    quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
