@@ -399,8 +399,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input, shown as one line instead of a traceback."""
     from edgevision.devices.sources import SourceError
     from edgevision.export.exporter import ExportError  # light: TensorFlow is imported only to convert
+    from edgevision.train.backbones import WeightsDownloadError  # light: Keras is imported only to build
 
-    return (CLIError, ValueError, OSError, ExportError, SourceError)
+    return (CLIError, ValueError, OSError, ExportError, SourceError, WeightsDownloadError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,9 @@ SUBCOMMANDS = ("train", "export", "run", "demo")
 HEAVY = ("tensorflow", "keras", "jax", "torch")
 
 
-def _cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "edgevision.cli"]
-    env = {**os.environ, "COLUMNS": "250", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {"COLUMNS": "250", "TF_CPP_MIN_LOG_LEVEL": "3", **(os.environ if env is None else env)}
     return subprocess.run([*command, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
@@ -219,6 +219,29 @@ def test_train_with_a_bad_alpha_names_it_without_traceback(tmp_path):
     result = _cli("train", "/nonexistent", "--out", "x", "--alpha", "0.3", cwd=tmp_path)
     line = _assert_one_line_error(result, "train")
     assert "alpha 0.3" in line and "0.35" in line
+
+
+@pytest.mark.timeout(240)
+def test_train_whose_imagenet_weights_cannot_be_downloaded_names_the_offline_alternatives(tmp_path):
+    # The defaults (mobilenet_v2, --weights imagenet) download from Keras' server. An empty Keras cache and a
+    # proxy that refuses connections make the download fail for real, on any machine, within seconds.
+    rng = np.random.default_rng(2)
+    for label in ("a", "b"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(4):
+            cv2.imwrite(str(tmp_path / "photos" / label / f"{i}.png"), realish_image(rng, 40, 40))
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "https_proxy", "http_proxy")}
+    env.update(KERAS_HOME=str(tmp_path / "keras-cache"), https_proxy="http://127.0.0.1:9",
+               HTTPS_PROXY="http://127.0.0.1:9")
+    result = _cli("train", "photos", "--out", "run", "--epochs", "1", "--quiet", cwd=tmp_path, env=env, timeout=200)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("edgevision train: error: Could not download the ImageNet weights of mobilenet_v2 (")
+    for alternative in ("--backbone efficientnet_lite0", "--weights FILE", "--mode scratch --weights none"):
+        assert alternative in lines[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / ".run.train").exists()  # nothing left behind
 
 
 def test_run_with_a_missing_bundle_names_the_folder():

@@ -223,7 +223,6 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     elif work.exists():
         log.warning("Discarding the checkpoint of an unfinished earlier run in '%s' (pass --resume to continue it)", work)
         shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
 
     import keras
 
@@ -242,6 +241,8 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
             state.resumed_at.append(state.epoch)
             if progress:
                 print(f"Resuming from the checkpoint after epoch {state.epoch} in {work}")
+        # Only once the model is built: a run whose weights cannot be had leaves no folder behind.
+        work.mkdir(parents=True, exist_ok=True)
         log.info("checkpoints and live TensorBoard logs: %s", work)
         _fit_phases(trained, classifier, dataset, config, state, work, checkpoint, progress,
                     devices.count)
