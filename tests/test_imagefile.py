@@ -235,6 +235,10 @@ def test_a_header_declaring_too_many_pixels_is_refused_before_decoding(tmp_path,
             decode_image(data.tobytes(), max_pixels=100)
 
 
+POSIX = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and /dev/null are POSIX")
+
+
+@POSIX
 @pytest.mark.timeout(20)
 def test_a_fifo_a_folder_and_a_device_are_refused_without_blocking(tmp_path):
     fifo = tmp_path / "pipe.jpg"
@@ -248,6 +252,7 @@ def test_a_fifo_a_folder_and_a_device_are_refused_without_blocking(tmp_path):
         read_image("/dev/null")
 
 
+@POSIX
 @pytest.mark.timeout(60)
 def test_training_skips_and_reports_a_fifo_among_the_photos(tmp_path, upright):
     for label in ("a", "b"):
