@@ -26,9 +26,10 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from .imagefile import IMAGE_EXTENSIONS, ImageDecodeError, read_image, to_colour_uint8
+
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https")
 ACCEPTED_FORMS = (
     "a camera index ('0') or V4L2 device ('/dev/video0')",
@@ -110,17 +111,6 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _as_bgr(image: np.ndarray) -> np.ndarray:
-    """Whatever OpenCV delivered -> BGR uint8 (H, W, 3)."""
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    if image.ndim == 2 or image.shape[2] == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    return image
-
-
 class Source(ABC):
     """A context manager delivering Frames. Subclasses implement `_open`, `_read` and `_close`.
 
@@ -157,7 +147,7 @@ class Source(ABC):
         if captured is None:
             return None
         image, timestamp = captured
-        frame = Frame(image=_as_bgr(image), index=self._index, timestamp=timestamp)
+        frame = Frame(image=to_colour_uint8(image, "bgr", type(self).__name__), index=self._index, timestamp=timestamp)
         self._index += 1
         return frame
 
@@ -319,7 +309,8 @@ class StreamSource(_CaptureSource):
 class ImageFolderSource(Source):
     """The image files of a folder (not its subfolders), in sorted name order; finite.
 
-    Files OpenCV cannot decode are skipped with a warning.
+    Each file is read by the one decoder (imagefile.read_image), as training and `classify_file` read
+    it, EXIF orientation included; files it refuses are skipped with a warning that says why.
     """
 
     def __init__(self, folder: str | os.PathLike):
@@ -342,11 +333,10 @@ class ImageFolderSource(Source):
         while self._next < len(self.files):
             path = self.files[self._next]
             self._next += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None or image.size == 0:
-                logger.warning("Skipping '%s': not a decodable image", path)
-                continue
-            return image, time.time()
+            try:
+                return read_image(path, "bgr"), time.time()
+            except (ImageDecodeError, OSError) as error:
+                logger.warning("Skipping a file the decoder refused: %s", error)  # the error names it
         return None
 
 

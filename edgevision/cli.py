@@ -402,13 +402,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input, shown as one line instead of a traceback."""
     from edgevision.devices.sources import SourceError
     from edgevision.export.exporter import ExportError  # light: TensorFlow is imported only to convert
+    from edgevision.train.backbones import WeightsDownloadError  # light: Keras is imported only to build
 
-    return (CLIError, ValueError, OSError, ExportError, SourceError)
+    return (CLIError, ValueError, OSError, ExportError, SourceError, WeightsDownloadError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    # TensorFlow's C++ start-up chatter (CPU features, MLIR passes) drowns the progress output.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ start-up chatter (CPU features, oneDNN, MLIR passes) drowns the progress output and
+    # the one-line errors; a level the user set wins.
+    from edgevision.tflogs import quiet_tensorflow
+
+    quiet_tensorflow()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

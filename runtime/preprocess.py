@@ -1,4 +1,4 @@
-"""The one preprocessing path: decode, crop, resize.
+"""The one preprocessing path: decode (devices/imagefile.py), crop, resize.
 
 Training's data loader, the exporter's parity check and the device runtime all call these functions,
 so a deployed model sees exactly the pixels the trained model saw. Normalization is NOT done here: it
@@ -13,7 +13,22 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# The one decoder lives in devices/ (the image-folder source needs it too); it is part of this path.
+from edgevision.devices.imagefile import (
+    CHANNEL_ORDERS,
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_BYTES,
+    MAX_IMAGE_PIXELS,
+    ImageDecodeError,
+    decode_image,
+    read_image,
+)
+
+__all__ = [
+    "CHANNEL_ORDERS", "IMAGE_EXTENSIONS", "INTERPOLATIONS", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "RESIZE_MODES",
+    "ImageDecodeError", "PreprocessPolicy", "crop_box", "decode_image", "load_and_prepare", "prepare", "read_image",
+]
+
 RESIZE_MODES = ("center_crop", "squash")
 INTERPOLATIONS = {
     "linear": cv2.INTER_LINEAR,
@@ -21,11 +36,6 @@ INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
     "cubic": cv2.INTER_CUBIC,
 }
-CHANNEL_ORDERS = ("rgb", "bgr")
-
-
-class ImageDecodeError(ValueError):
-    """A file that is not a decodable image (corrupt, truncated, or not an image at all)."""
 
 
 @dataclass(frozen=True)
@@ -63,70 +73,6 @@ class PreprocessPolicy:
         if unknown:
             raise ValueError(f"Unknown preprocessing keys {sorted(unknown)}; allowed: {sorted(known)}")
         return cls(**data)
-
-
-def _to_rgb8(image: np.ndarray, name: str) -> np.ndarray:
-    """Any decoded picture (grey, grey+alpha, BGR, BGRA; 8 or 16 bit) -> RGB uint8."""
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ImageDecodeError(f"{name}: unsupported pixel type {image.dtype}; expected 8- or 16-bit images")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    channels = image.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if channels == 2:  # grey + alpha: alpha is dropped, as PIL's convert("RGB") does
-        return cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2RGB)
-    if channels == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if channels == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    raise ImageDecodeError(f"{name}: unsupported channel count {channels}")
-
-
-def _looks_truncated(data: bytes) -> bool:
-    """True for a JPEG whose image data has no end-of-image marker.
-
-    Some libjpeg builds "recover" a truncated JPEG by filling the missing rows with grey and only
-    warn; a training set must not learn from that. The marker is searched from the first
-    start-of-scan on, found by walking the header segments, so an EXIF thumbnail's own marker does not
-    count and data appended after the image (motion photos) does not matter.
-    """
-    if data[:2] != b"\xff\xd8":
-        return False
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return False  # not a layout we understand: let the decoder judge
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xDA:  # start of scan: entropy-coded data follows
-            return data.find(b"\xff\xd9", pos) < 0
-        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
-    return True  # the file ends inside the header
-
-
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, BMP, WebP) to an RGB uint8 array of shape (H, W, 3)."""
-    if not data:
-        raise ImageDecodeError(f"{name}: empty file")
-    if _looks_truncated(data):
-        raise ImageDecodeError(f"{name}: truncated JPEG (no end-of-image marker)")
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise ImageDecodeError(f"{name}: not a decodable image (allowed: {', '.join(IMAGE_EXTENSIONS)})")
-    return _to_rgb8(image, name)
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file to RGB uint8; raises ImageDecodeError naming the file if it is unusable."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return decode_image(data, name=os.fspath(path))
 
 
 def crop_box(height: int, width: int, policy: PreprocessPolicy) -> tuple[int, int, int, int]:

@@ -7,10 +7,12 @@ ImageNet path is checked for what it asks Keras, with the download replaced).
 
 from __future__ import annotations
 
+import urllib.error
+
 import numpy as np
 import pytest
 
-from edgevision.train.backbones import BACKBONES, get_backbone
+from edgevision.train.backbones import BACKBONES, WeightsDownloadError, get_backbone
 from edgevision.train.model import (
     TRANSFER_MODES,
     ModelConfig,
@@ -220,6 +222,36 @@ def test_imagenet_weights_ask_keras_for_its_own_download(monkeypatch, name, fact
     assert call["weights"] == "imagenet" and call["include_top"] is False and call["pooling"] == "avg"
     assert call["input_shape"] == (96, 96, 3)
     assert {k: call[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "failure, shown",
+    [
+        (urllib.error.URLError(OSError(-2, "Name or service not known")), r"\[Errno -2\] Name or service not known"),
+        (urllib.error.HTTPError("https://x", 403, "Forbidden", {}, None), "HTTP 403 Forbidden"),
+        (TimeoutError("The read operation timed out"), "The read operation timed out"),
+    ],
+)
+def test_a_failed_imagenet_download_says_what_works_offline(monkeypatch, failure, shown):
+    def offline(**kwargs):
+        try:
+            raise failure
+        except urllib.error.URLError as error:  # what keras.utils.get_file does with it
+            raise Exception(f"URL fetch failure on https://x: None -- {error.reason}")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", offline)
+    with pytest.raises(WeightsDownloadError, match=rf"ImageNet weights of mobilenet_v2 \({shown}\); use --backbone "
+                                                   r"efficientnet_lite0 .*--weights FILE .*--mode scratch --weights none"):
+        build_classifier(ModelConfig(input_size=32, weights="imagenet"), 2)
+
+
+def test_other_backbone_errors_are_not_called_download_failures(monkeypatch):
+    def unwritable(**kwargs):
+        raise PermissionError(13, "Permission denied", "/home/u/.keras/models")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", unwritable)
+    with pytest.raises(PermissionError):
+        build_classifier(ModelConfig(input_size=32, weights="imagenet"), 2)
 
 
 # --- unfreeze: phase two of mode "finetune" ---

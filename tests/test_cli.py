@@ -29,9 +29,9 @@ SUBCOMMANDS = ("train", "export", "run", "demo")
 HEAVY = ("tensorflow", "keras", "jax", "torch")
 
 
-def _cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd: Path | None = None, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "edgevision.cli"]
-    env = {**os.environ, "COLUMNS": "250", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {"COLUMNS": "250", "TF_CPP_MIN_LOG_LEVEL": "3", **(os.environ if env is None else env)}
     return subprocess.run([*command, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
@@ -103,7 +103,7 @@ def test_no_subcommand_is_a_usage_error():
     assert "usage: edgevision" in result.stderr and "required" in result.stderr
 
 
-def test_help_and_run_errors_do_not_import_the_training_stack():
+def test_help_and_argument_errors_do_not_import_the_training_stack(tmp_path):
     code = textwrap.dedent(
         f"""
         import json, sys
@@ -115,15 +115,67 @@ def test_help_and_run_errors_do_not_import_the_training_stack():
             except SystemExit as done:
                 codes.append(done.code)
         codes.append(main(["run", "/nonexistent-bundle", "--source", "0"]))
+        codes.append(main(["train", "/nonexistent-photos", "--out", "run"]))
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})
         print(json.dumps({{"codes": codes, "heavy": heavy}}))
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["codes"] == [0, 0, 0, 2]
+    assert report["codes"] == [0, 0, 0, 2, 2]
     assert report["heavy"] == []
+    assert "/nonexistent-photos' does not exist" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("user_level", [None, "0", "3"])
+def test_the_tensorflow_log_level_defaults_to_2_and_a_users_value_wins(monkeypatch, capsys, user_level):
+    if user_level is None:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", user_level)
+    assert main(["run", "/nonexistent-bundle", "--source", "0"]) == 2
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == (user_level or "2")
+
+
+# What TensorFlow 2.21 prints while it loads on a CPU with AVX-512 VNNI, whatever TF_CPP_MIN_LOG_LEVEL says.
+TF_START_UP = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1795989653.509512    3028 port.cc:153] oneDNN custom operations are on. You may see slightly "
+    "different numerical results due to floating-point round-off errors from different computation orders. "
+    "To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.\n"
+)
+
+
+def test_tensorflow_start_up_lines_are_held_to_the_log_level():
+    from edgevision.tflogs import kept_lines
+
+    warning = "W0000 00:00:1795989655.739305    3028 cpu_feature_guard.cc:227] a warning\n"
+    python = "/x/site-packages/tensorflow/__init__.py:7: DeprecationWarning: something\n"
+    text = TF_START_UP + warning + python + TF_START_UP
+    notice = TF_START_UP.splitlines(keepends=True)[0]
+    assert kept_lines(text, 0) == text
+    assert kept_lines(text, 1) == notice + warning + python + notice
+    assert kept_lines(text, 2) == python  # absl's notice goes when no record is left under it
+    assert kept_lines("plain line\n", 3) == "plain line\n"
+
+
+def test_importing_tensorflow_from_the_command_line_prints_no_start_up_lines():
+    code = textwrap.dedent(
+        """
+        import os
+        from edgevision.tflogs import quiet_tensorflow
+        quiet_tensorflow()  # what main() does first
+        import tensorflow
+        print(os.environ["TF_CPP_MIN_LOG_LEVEL"])
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2"
+    assert "absl" not in result.stderr and not re.search(r"^[IW]\d{4} ", result.stderr, re.M), result.stderr
 
 
 # --- one-line errors for user mistakes ---
@@ -167,6 +219,29 @@ def test_train_with_a_bad_alpha_names_it_without_traceback(tmp_path):
     result = _cli("train", "/nonexistent", "--out", "x", "--alpha", "0.3", cwd=tmp_path)
     line = _assert_one_line_error(result, "train")
     assert "alpha 0.3" in line and "0.35" in line
+
+
+@pytest.mark.timeout(240)
+def test_train_whose_imagenet_weights_cannot_be_downloaded_names_the_offline_alternatives(tmp_path):
+    # The defaults (mobilenet_v2, --weights imagenet) download from Keras' server. An empty Keras cache and a
+    # proxy that refuses connections make the download fail for real, on any machine, within seconds.
+    rng = np.random.default_rng(2)
+    for label in ("a", "b"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(4):
+            cv2.imwrite(str(tmp_path / "photos" / label / f"{i}.png"), realish_image(rng, 40, 40))
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "https_proxy", "http_proxy")}
+    env.update(KERAS_HOME=str(tmp_path / "keras-cache"), https_proxy="http://127.0.0.1:9",
+               HTTPS_PROXY="http://127.0.0.1:9")
+    result = _cli("train", "photos", "--out", "run", "--epochs", "1", "--quiet", cwd=tmp_path, env=env, timeout=200)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("edgevision train: error: Could not download the ImageNet weights of mobilenet_v2 (")
+    for alternative in ("--backbone efficientnet_lite0", "--weights FILE", "--mode scratch --weights none"):
+        assert alternative in lines[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / ".run.train").exists()  # nothing left behind
 
 
 def test_run_with_a_missing_bundle_names_the_folder():

@@ -1,5 +1,6 @@
 """A device install needs no training stack: runtime/ and devices/ work with TensorFlow, Keras, JAX and
-torch made unimportable, and the layering (devices <- runtime <- train/export) holds in the source."""
+torch made unimportable, the layering (devices <- runtime <- train/export) holds in the source, and
+one decoder (devices/imagefile.py) reads every image file."""
 
 from __future__ import annotations
 
@@ -129,4 +130,32 @@ def test_device_side_imports_follow_the_layers(package):
                 offences.append(f"{where}, a layer above {package}/")
             if package == "devices" and name.split(".")[0] in ("ai_edge_litert", "tflite_runtime", "onnxruntime"):
                 offences.append(f"{where}: engines belong to runtime/")
+    assert not offences, "\n".join(offences)
+
+
+# The one decoder: every image file is read by devices/imagefile.py, so training, export, classify_file
+# and the image-folder source cannot disagree about a picture (EXIF orientation, alpha, 16-bit, limits).
+DECODER = "devices/imagefile.py"
+CV2_FILE_DECODERS = ("imread", "imdecode", "imreadmulti", "imreadWithMetadata", "imdecodeWithMetadata",
+                     "imreadanimation", "imdecodeanimation")
+CODE_FOLDERS = ("devices", "runtime", "train", "export", "edgevision", "benchmarks")
+
+
+def _decoder_offences(tree: ast.AST, where: str):
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr in CV2_FILE_DECODERS
+                and isinstance(node.value, ast.Name) and node.value.id == "cv2"):
+            yield f"{where}:{node.lineno} calls cv2.{node.attr}; read image files with read_image ({DECODER})"
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "IMAGE_EXTENSIONS" for t in targets):
+            yield f"{where}:{node.lineno} defines IMAGE_EXTENSIONS; import the one in {DECODER}"
+
+
+def test_one_decoder_reads_every_image_file():
+    offences = []
+    for folder in CODE_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            where = path.relative_to(ROOT).as_posix()
+            if where != DECODER:
+                offences.extend(_decoder_offences(ast.parse(path.read_text(), filename=where), where))
     assert not offences, "\n".join(offences)

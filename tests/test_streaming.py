@@ -184,11 +184,12 @@ def test_the_trainer_streams_a_folder_too_big_for_memory_and_decodes_a_small_one
 
     config = trainer.TrainConfig(model=ModelConfig(input_size=32, weights="none", mode="scratch"), batch_size=8,
                                  val_fraction=0.2, test_fraction=0.2)
-    assert isinstance(trainer._load_data(folder, config, progress=False), Dataset)  # "auto", 60 x 3 kB
+    index = trainer.index_folder(folder, config)
+    assert isinstance(trainer._load_data(index, config, progress=False), Dataset)  # "auto", 60 x 3 kB
     monkeypatch.setattr(trainer, "IN_MEMORY_LIMIT_BYTES", 32 * 32 * 3 * 59)  # one picture too many
-    streamed = trainer._load_data(folder, config, progress=False)
+    streamed = trainer._load_data(index, config, progress=False)
     assert isinstance(streamed, StreamedDataset)
-    memory = trainer._load_data(folder, replace(config, data_in_memory="always"), progress=False)
+    memory = trainer._load_data(index, replace(config, data_in_memory="always"), progress=False)
     assert isinstance(memory, Dataset) and streamed.fingerprint() == memory.fingerprint()
 
     batches = trainer._training_batches(streamed, config, 1, None)

@@ -11,12 +11,24 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import urllib.error
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # Sizes at which the Keras applications' ImageNet weights were trained; other sizes (>= 32) reuse
 # the 224 weights, which Keras loads with a warning: the convolutions do not depend on the size.
 KERAS_PRETRAINED_SIZES = (96, 128, 160, 192, 224)
+
+
+# What to do when the ImageNet weights of a Keras application cannot be downloaded (no network, a proxy).
+OFFLINE_ALTERNATIVES = (
+    "--backbone efficientnet_lite0 (its ImageNet weights are installed with edgevision[train] and load "
+    "offline), --weights FILE (a Keras weights file of this backbone), or --mode scratch --weights none"
+)
+
+
+class WeightsDownloadError(RuntimeError):
+    """Pretrained weights that could not be downloaded; the message says what to use instead."""
 
 
 def choice_error(kind: str, value: object, choices) -> ValueError:
@@ -52,7 +64,16 @@ class BackboneSpec:
     def build(self, input_size: int, alpha: float, weights: str | None):
         if self.builder is None:
             raise ValueError(f"backbone {self.name!r} has no builder")
-        return self.builder(input_size, alpha, weights)
+        try:
+            return self.builder(input_size, alpha, weights)
+        except Exception as error:
+            cause = _network_error(error) if weights == "imagenet" else None
+            if cause is None:
+                raise
+            raise WeightsDownloadError(
+                f"Could not download the ImageNet weights of {self.name} ({_describe(cause)}); use "
+                f"{OFFLINE_ALTERNATIVES}"
+            ) from error
 
     def block_of(self, layer_name: str) -> int | None:
         """The block a layer belongs to, or None for the stem and top layers outside the blocks."""
@@ -60,6 +81,24 @@ class BackboneSpec:
         if not match:
             return None
         return int(match.group(1)) if match.group(1) is not None else 0
+
+
+def _network_error(error: BaseException) -> BaseException | None:
+    """The network failure behind a failed download, if that is what `error` is: Keras' get_file wraps
+    URLError (and HTTPError) in a plain Exception, and lets timeouts and refused connections through."""
+    while error is not None:
+        if isinstance(error, (urllib.error.URLError, ConnectionError, TimeoutError)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, urllib.error.HTTPError):
+        return f"HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError):
+        return str(error.reason)
+    return str(error) or type(error).__name__
 
 
 def _keras_application(factory_name: str, **fixed) -> Callable:

@@ -216,10 +216,13 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     if resume and not (work / STATE_FILE).is_file():
         raise FileNotFoundError(f"Nothing to resume for '{out_dir}': no checkpoint in '{work}' "
                                 "(a run writes one after every epoch; start it without --resume)")
+    # Listing the folder finds a missing or badly laid out one in milliseconds, before the training stack
+    # (seconds to import) and before minutes of decoding.
+    index = index_folder(data_dir, config)
     from .distribute import float32_copy, float32_output, precision, resolve_devices
 
     devices = resolve_devices(config.distribute, config.batch_size)  # before minutes of image loading
-    dataset = _load_data(data_dir, config, progress)
+    dataset = _load_data(index, config, progress)
     log.info(dataset.describe())
     heldout_split = "test" if len(dataset.test) else "val"
     heldout = dataset.heldout()
@@ -230,7 +233,6 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     elif work.exists():
         log.warning("Discarding the checkpoint of an unfinished earlier run in '%s' (pass --resume to continue it)", work)
         shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
 
     import keras
 
@@ -249,6 +251,8 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
             state.resumed_at.append(state.epoch)
             if progress:
                 print(f"Resuming from the checkpoint after epoch {state.epoch} in {work}")
+        # Only once the model is built: a run whose weights cannot be had leaves no folder behind.
+        work.mkdir(parents=True, exist_ok=True)
         log.info("checkpoints and live TensorBoard logs: %s", work)
         _fit_phases(trained, classifier, dataset, config, state, work, checkpoint, progress,
                     devices.count)
@@ -405,22 +409,25 @@ def _dataset_record(dataset: DatasetIndex) -> dict:
 _RECALIBRATION_BATCHES = 50  # recalibrate_batchnorm's max_batches: all a streamed run decodes for it
 
 
-def _load_data(data_dir: str | os.PathLike, config: TrainConfig, progress: bool) -> DatasetIndex:
-    """A decoded `Dataset`, or a `StreamedDataset` when data_in_memory is "never", or "auto" and the
-    decoded pictures would take more than IN_MEMORY_LIMIT_BYTES."""
-    if config.data_in_memory != "always":
-        index = index_image_folder(data_dir, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
-                                   seed=config.seed, warn=False)
-        size = len(index.file_sizes) * config.policy.height * config.policy.width * 3
-        if config.data_in_memory == "never" or size > IN_MEMORY_LIMIT_BYTES:
-            from .streaming import StreamedDataset
+def index_folder(data_dir: str | os.PathLike, config: TrainConfig) -> DatasetIndex:
+    """The folder listed and split as `config` says, nothing decoded (its warnings are left to the loader)."""
+    return index_image_folder(data_dir, val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                              seed=config.seed, warn=False)
 
-            index.warn_skipped()
-            if config.data_in_memory == "auto":
-                log.info("Streaming the images from disk: decoded they would take %.1f GB (more than %.1f GB)",
-                         size / 1e9, IN_MEMORY_LIMIT_BYTES / 1e9)
-            return StreamedDataset.from_index(index, config.policy, workers=config.workers)
-    return load_image_folder(data_dir, config.policy, val_fraction=config.val_fraction,
+
+def _load_data(index: DatasetIndex, config: TrainConfig, progress: bool) -> DatasetIndex:
+    """A decoded `Dataset` of the indexed folder, or a `StreamedDataset` when data_in_memory is "never",
+    or "auto" and the decoded pictures would take more than IN_MEMORY_LIMIT_BYTES."""
+    size = len(index.file_sizes) * config.policy.height * config.policy.width * 3
+    if config.data_in_memory == "never" or (config.data_in_memory == "auto" and size > IN_MEMORY_LIMIT_BYTES):
+        from .streaming import StreamedDataset
+
+        index.warn_skipped()
+        if config.data_in_memory == "auto":
+            log.info("Streaming the images from disk: decoded they would take %.1f GB (more than %.1f GB)",
+                     size / 1e9, IN_MEMORY_LIMIT_BYTES / 1e9)
+        return StreamedDataset.from_index(index, config.policy, workers=config.workers)
+    return load_image_folder(index.root, config.policy, val_fraction=config.val_fraction,
                              test_fraction=config.test_fraction, seed=config.seed, workers=config.workers,
                              progress=progress)
 

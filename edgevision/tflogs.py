@@ -1,0 +1,99 @@
+"""Keep TensorFlow's C++ start-up lines off the command line's stderr unless the user asked for them.
+
+`TF_CPP_MIN_LOG_LEVEL` quiets TensorFlow's C++ logging, but not the lines its libraries print while
+they load, before absl's logging is initialised: on CPUs with AVX-512 VNNI, BF16 or AMX, TensorFlow
+2.21 prints "oneDNN custom operations are on" (and absl's "All log messages before
+absl::InitializeLog()" notice) on every import, twice, whatever the variable says. `quiet_tensorflow`
+holds what the process writes to stderr while `tensorflow` is being imported, then passes on every
+line except absl records below `TF_CPP_MIN_LOG_LEVEL` (and absl's notice when no record is left). A
+level the user set wins: `TF_CPP_MIN_LOG_LEVEL=0` shows everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+
+DEFAULT_LEVEL = "2"  # INFO and WARNING records hidden; errors shown
+# absl's record prefix: severity letter, MMDD, time (before absl is initialised, "00:00:" and the seconds
+# since 1970), thread id, file:line]
+_RECORD = re.compile(r"^([IWEF])\d{4} \d+:\d+:\d+(?:\.\d+)?\s+\d+ [^\s\]]+:\d+\] ")
+_SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+def quiet_tensorflow() -> None:
+    """Default TF_CPP_MIN_LOG_LEVEL to 2 and filter TensorFlow's import-time lines by it (once per process)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_LEVEL)
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietImport) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _QuietImport())
+
+
+def kept_lines(text: str, level: int) -> str:
+    """`text` without absl records below `level`, and without absl's notice when no record is kept."""
+    lines = text.splitlines(keepends=True)
+    kept = [line for line in lines if not ((m := _RECORD.match(line)) and _SEVERITY[m.group(1)] < level)]
+    if not any(_RECORD.match(line) for line in kept):
+        kept = [line for line in kept if line.rstrip("\r\n") != _NOTICE]
+    return "".join(kept)
+
+
+def _level() -> int:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:  # TensorFlow reads an unparsable value as 0
+        return 0
+
+
+@contextlib.contextmanager
+def _filtered_stderr():
+    """Hold what is written to file descriptor 2 (C++ and Python alike) and pass on `kept_lines`."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            sys.stderr.write(kept_lines(held.read().decode(errors="replace"), _level()))
+            sys.stderr.flush()
+
+
+class _QuietImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` the usual way, then executes it with stderr filtered; removes itself after."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(spec.loader)
+        return spec
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        module.__loader__ = module.__spec__.loader = self._loader  # as an ordinary import leaves them
+        with _filtered_stderr():
+            self._loader.exec_module(module)
