@@ -6,6 +6,7 @@ real photos from scikit-image.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -98,23 +99,21 @@ def test_streamed_batches_hold_every_training_image_once_per_epoch_in_the_seeded
 
 
 def test_the_stream_matches_the_in_memory_batches_through_keras(folder):
-    """What fit reads, through Keras' own adapter with 3 threads, equals the in-memory pipeline's batches."""
-    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-
+    """Batches read in order, with 3 threads decoding ahead, equal the in-memory pipeline's batches (what
+    fit reads is checked in test_fit_trains_on_batch_0_first_even_though_keras_restarts_its_iterator)."""
     from edgevision.train.pipeline import ShuffledBatches
 
     loaded = load_image_folder(folder, POLICY, val_fraction=0.0, test_fraction=0.0, seed=2)
     index = index_image_folder(folder, val_fraction=0.0, test_fraction=0.0, seed=2)
     memory = ShuffledBatches(loaded.train.images, loaded.train.labels, batch_size=8, seed=9)
-    adapter = PyDatasetAdapter(StreamingBatches(index.train, POLICY, batch_size=8, seed=9, workers=3), shuffle=False)
-    iterator = adapter.get_numpy_iterator()
+    stream = StreamingBatches(index.train, POLICY, batch_size=8, seed=9, workers=3)
     try:
-        for step in range(2 * len(memory)):
-            x, y = next(iterator)
+        for step in [*range(2 * len(memory)), 0, 1]:  # and a restart, as fit does after building the model
+            x, y = stream[step]
             np.testing.assert_array_equal(x, memory[step][0])
             np.testing.assert_array_equal(y, memory[step][1])
     finally:
-        adapter.enqueuer.stop()
+        stream.close()
 
 
 def test_a_corrupt_file_is_replaced_in_its_batch_and_reported_once(folder, tmp_path, caplog):
@@ -255,3 +254,79 @@ def test_loader_benchmark_prints_images_per_second_for_each_worker_count(tmp_pat
     assert printed.count("images/s") == 3 and "224x224" in printed
     with capsys.disabled():
         print("\n" + printed, end="")
+
+
+def test_decode_threads_follow_the_usable_cores_up_to_the_cap(monkeypatch):
+    from edgevision.train import dataset
+
+    monkeypatch.setattr(dataset.os, "sched_getaffinity", lambda pid: set(range(3)), raising=False)
+    assert dataset.default_workers() == 3
+    monkeypatch.setattr(dataset.os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    assert dataset.default_workers() == dataset.MAX_DEFAULT_WORKERS == 32
+    # every decode thread has a batch to work on, twice over
+    stream = StreamingBatches(IndexedSplit(["x.jpg"] * 4, np.zeros(4, np.int64)), PreprocessPolicy(8, 8), 2, workers=5)
+    assert (stream.threads, stream.depth) == (5, 10)
+
+
+def test_batches_read_by_many_threads_in_any_order_are_the_sequential_ones():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgevision.train.pipeline import ShuffledBatches
+
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(3, axis=3)
+    expected = [ShuffledBatches(images, np.arange(10), 4, seed=7)[i][1] for i in range(12)]  # 4 epochs of 3
+    shared = ShuffledBatches(images, np.arange(10), 4, seed=7)
+    assert shared.threads > 1  # batches are gathered ahead in threads, so indices() runs concurrently
+    order = np.random.default_rng(0).permutation(np.repeat(np.arange(12), 3))
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: (i, shared.prepare(i)[0] % 10), order))
+    for index, labels in got:
+        np.testing.assert_array_equal(labels, expected[index])
+    for epoch in range(4):
+        np.testing.assert_array_equal(np.sort(np.concatenate(expected[3 * epoch : 3 * epoch + 3])), np.arange(10))
+    assert len(shared._orders) <= 2 + 8  # only the epochs being read are kept, not every epoch seen
+
+
+def test_fit_trains_on_batch_0_first_even_though_keras_restarts_its_iterator():
+    """Keras reads one batch to build the model, then restarts its iterator at batch 0: a dataset that
+    numbers batches itself (Keras' own thread enqueuer does) would start training at batch 1."""
+    import keras
+
+    from edgevision.train.pipeline import ShuffledBatches
+
+    images = np.arange(30, dtype=np.uint8).reshape(30, 1, 1, 1).repeat(3, axis=3)
+    seen = []
+
+    class Spy(keras.layers.Layer):
+        def call(self, x):
+            if not isinstance(x, keras.KerasTensor):  # eager: the real batch
+                seen.append(tuple(int(v) for v in keras.ops.convert_to_numpy(x)[:, 0, 0, 0]))
+            return x
+
+    model = keras.Sequential([keras.Input((1, 1, 3)), Spy(), keras.layers.Flatten(), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  run_eagerly=True)
+    batches = ShuffledBatches(images, np.arange(30) % 3, 10, seed=1)
+    model.fit(batches, steps_per_epoch=3, epochs=2, verbose=0, shuffle=False)
+    reference = ShuffledBatches(images, np.arange(30) % 3, 10, seed=1)
+    assert seen[-6:] == [tuple(int(v) for v in reference[i][0][:, 0, 0, 0]) for i in range(6)]
+
+
+@pytest.mark.slow
+def test_streaming_benchmark_compares_decode_rates_and_streamed_with_in_memory_training(tmp_path, capsys):
+    from edgevision.train.bench import main
+
+    out = tmp_path / "figures.json"
+    assert main(["streaming", "--out", str(tmp_path / "sb"), "--images", "32", "--photo-size", "80x60",
+                 "--input-size", "32", "--workers", "1,2", "--batch-size", "8", "--steps", "2", "--warmup", "1",
+                 "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["photos"] == 32 and figures["photo_size"] == "80x60"
+    assert set(figures["decode_images_per_s"]) == {"1", "2"}
+    assert figures["decode_images_per_s_per_core"] == figures["decode_images_per_s"]["1"] > 0
+    assert figures["images_timed"] == 16 and figures["cpu"]
+    ratio = figures["train_images_per_s_streamed"] / figures["train_images_per_s_in_memory"]
+    assert abs(figures["streamed_vs_in_memory"] - ratio) < 1e-2
+    assert capsys.readouterr().out.count("images/s") >= 2
+    with pytest.raises(SystemExit):
+        main(["streaming", "--out", str(tmp_path / "sb"), "--photo-size", "500by375"])

@@ -12,6 +12,7 @@ This module imports Keras at the top; `trainer.train` imports it only when train
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -28,6 +29,56 @@ def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
 PREFETCH_THREADS = 4
 
 
+class PrefetchedBatches(keras.utils.PyDataset):
+    """A PyDataset whose next `depth` batches are prepared in `threads` threads of its own while Keras
+    consumes the current one. Subclasses implement `prepare(index)` (the costly part, thread-safe) and
+    `assemble(index, prepared)` (what `__getitem__` returns).
+
+    Why not Keras' own enqueuer (`workers > 1`): it numbers batches with one counter for the dataset's
+    whole life, but `fit` reads one batch to build the model and then restarts its iterator, so under the
+    enqueuer training silently starts at batch 1. Here Keras iterates in its own thread (restarting at 0
+    as it expects) and the look-ahead follows whatever index it asks for."""
+
+    def __init__(self, threads: int, depth: int):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.threads, self.depth = int(threads), int(depth)
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: dict[int, Future] = {}
+
+    def prepare(self, index: int):
+        raise TypeError(f"{type(self).__name__} must define prepare(index)")
+
+    def assemble(self, index: int, prepared):
+        return prepared
+
+    def prepared(self, index: int):
+        """`prepare(index)`, taken from the look-ahead when it is there; starts preparing the next ones."""
+        if self.threads < 1 or self.depth < 1:
+            return self.prepare(index)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="edgevision-batches")
+        future = self._ahead.pop(index, None)
+        wanted = range(index + 1, min(index + 1 + self.depth, self.num_batches or index + 1 + self.depth))
+        for stale in [k for k in self._ahead if k not in wanted]:  # after a restart or a jump
+            self._ahead.pop(stale).cancel()
+        for k in wanted:
+            if k not in self._ahead:
+                self._ahead[k] = self._pool.submit(self.prepare, k)
+        return future.result() if future is not None else self.prepare(index)
+
+    def __getitem__(self, index: int):
+        return self.assemble(index, self.prepared(index))
+
+    def close(self) -> None:
+        """Drop the look-ahead and stop the threads (a later read starts them again)."""
+        for future in self._ahead.values():
+            future.cancel()
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
 def epoch_batch(orders: dict[int, np.ndarray], lock: threading.Lock, count: int, seed: int, epoch: int, step: int,
                 batch_size: int) -> np.ndarray:
     """Positions of batch `step` of `epoch`, for datasets whose batches several threads prepare at once:
@@ -42,17 +93,17 @@ def epoch_batch(orders: dict[int, np.ndarray], lock: threading.Lock, count: int,
     return order[step * batch_size : (step + 1) * batch_size]
 
 
-class ShuffledBatches(keras.utils.PyDataset):
+class ShuffledBatches(PrefetchedBatches):
     """Endless (images uint8, labels[, sample weights]) batches; batch i belongs to epoch
     `first_epoch + i // steps_per_epoch`. The last batch of an epoch may be smaller.
 
     The pictures stay uint8 until the model's float32 input casts them on the accelerator: a quarter of
-    the bytes to gather here and to copy to the device. Keras' enqueuer gathers up to 2 x PREFETCH_THREADS
-    batches ahead in threads (numpy's gather releases the GIL), so the step never waits for one."""
+    the bytes to gather here and to copy to the device. PREFETCH_THREADS threads gather the next
+    2 x PREFETCH_THREADS batches (numpy's gather releases the GIL), so the step never waits for one."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
                  first_epoch: int = 0, weights: np.ndarray | None = None):
-        super().__init__(workers=PREFETCH_THREADS, use_multiprocessing=False, max_queue_size=2 * PREFETCH_THREADS)
+        super().__init__(threads=PREFETCH_THREADS, depth=2 * PREFETCH_THREADS)
         if len(images) == 0:
             raise ValueError("There are no training images")
         self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
@@ -74,9 +125,13 @@ class ShuffledBatches(keras.utils.PyDataset):
         return epoch_batch(self._orders, self._orders_lock, len(self.images), self.seed, epoch + self.first_epoch,
                            step, self.batch_size)
 
-    def __getitem__(self, index: int):
+    def prepare(self, index: int):
         chosen = self.indices(index)
-        batch = (self.images[chosen], self.labels[chosen])
+        return chosen, self.images[chosen]
+
+    def assemble(self, index: int, prepared):
+        chosen, images = prepared
+        batch = (images, self.labels[chosen])
         if self.sample_weights is not None:
             batch += (self.sample_weights[chosen],)
         return batch

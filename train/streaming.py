@@ -1,9 +1,9 @@
 """Batches decoded from disk while training runs, for image folders too large to hold in memory.
 
-`StreamingBatches` is a `keras.utils.PyDataset`: Keras' enqueuer runs `__getitem__` for several
-batches at once in threads (OpenCV's decode and resize release the GIL, and threads share the
-batch arrays instead of pickling them between processes), so it works under every Keras backend with
-no tf.data. Every picture goes through `runtime.preprocess.load_and_prepare`, the same function as
+`StreamingBatches` is a `keras.utils.PyDataset` that decodes the next batches in threads of its own
+while Keras consumes the current one (`pipeline.PrefetchedBatches`; OpenCV's decode and resize release
+the GIL, and threads share the batch arrays instead of pickling them between processes), so it works
+under every Keras backend with no tf.data. Every picture goes through `runtime.preprocess.load_and_prepare`, the same function as
 the in-memory loader, and training batches follow `pipeline.epoch_order`, so a streamed run sees the
 batches an in-memory run sees.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +28,7 @@ import keras
 from edgevision.runtime.preprocess import ImageDecodeError, PreprocessPolicy, load_and_prepare
 
 from .dataset import DatasetError, DatasetIndex, IndexedSplit, SkippedFile, default_workers
-from .pipeline import epoch_batch
+from .pipeline import PrefetchedBatches, epoch_batch
 
 __all__ = ["StreamReport", "StreamingBatches", "StreamedDataset", "ReportCorruptFiles", "decode_split",
            "predict_split", "benchmark_streaming", "IMAGE_DTYPES"]
@@ -72,7 +71,7 @@ class StreamReport:
         return [SkippedFile(path, reason) for path, reason in items]
 
 
-class StreamingBatches(keras.utils.PyDataset):
+class StreamingBatches(PrefetchedBatches):
     """(images, labels[, sample weights]) batches decoded from `split`'s files.
 
     shuffle=True: endless, batch i belongs to epoch `first_epoch + i // steps_per_epoch` and follows
@@ -84,7 +83,7 @@ class StreamingBatches(keras.utils.PyDataset):
     def __init__(self, split: IndexedSplit, policy: PreprocessPolicy, batch_size: int, *, seed: int = 0,
                  shuffle: bool = True, first_epoch: int = 0, weights: np.ndarray | None = None,
                  workers: int | None = None, dtype: str = "float32", report: StreamReport | None = None,
-                 max_queue_size: int | None = None, pad_multiple: int = 1):
+                 ahead: int | None = None, pad_multiple: int = 1):
         workers = default_workers() if workers is None else workers
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
             raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
@@ -96,10 +95,9 @@ class StreamingBatches(keras.utils.PyDataset):
             raise ValueError("There are no images to stream")
         if pad_multiple < 1 or (pad_multiple > 1 and shuffle):
             raise ValueError(f"pad_multiple must be at least 1, and 1 for a shuffled stream; got {pad_multiple!r}")
-        # Keras' enqueuer keeps at most max_queue_size batches requested: at least one per worker, or some
-        # workers idle while the step waits for data. Twice that absorbs uneven decode times.
-        max_queue_size = 2 * int(workers) if max_queue_size is None else max_queue_size
-        super().__init__(workers=int(workers), use_multiprocessing=False, max_queue_size=max_queue_size)
+        # Batches decoded ahead: at least one per thread, or some threads idle while the step waits for
+        # data. Twice that absorbs uneven decode times.
+        super().__init__(threads=int(workers), depth=2 * int(workers) if ahead is None else ahead)
         self.paths, self.labels = list(split.paths), np.asarray(split.labels, dtype=np.int64)
         self.policy, self.batch_size, self.seed = policy, int(batch_size), seed
         self.shuffle, self.first_epoch, self.dtype = shuffle, first_epoch, dtype
@@ -160,8 +158,11 @@ class StreamingBatches(keras.utils.PyDataset):
         raise DatasetError(f"None of the {count} files of this split can be decoded (e.g. {self.paths[0]}: "
                            f"{self.report.corrupt.get(self.paths[0], 'unreadable')})")
 
-    def __getitem__(self, index: int):
-        images, used = self.load(self.indices(index))
+    def prepare(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.load(self.indices(index))
+
+    def assemble(self, index: int, prepared: tuple[np.ndarray, np.ndarray]):
+        images, used = prepared
         batch = (images.astype(np.float32) if self.dtype == "float32" else images, self.labels[used])
         if self.pad_multiple > 1:  # several devices: every batch splits evenly; the copies weigh nothing
             count = len(used)
@@ -176,16 +177,13 @@ class StreamingBatches(keras.utils.PyDataset):
 
 def _loaded_batches(stream: StreamingBatches, count: int):
     """(batch index, uint8 images, positions used) for batches 0..count-1 of a shuffle=False stream, decoded
-    by the stream's worker threads at most 2 x workers batches ahead (bounded memory, file order)."""
-    ahead = 2 * stream.workers
-    with ThreadPoolExecutor(max_workers=stream.workers, thread_name_prefix="edgevision-stream") as pool:
-        pending = {}
+    by the stream's threads at most its look-ahead depth ahead (bounded memory, file order)."""
+    try:
         for index in range(count):
-            for next_index in range(index, min(index + ahead, count)):
-                if next_index not in pending:
-                    pending[next_index] = pool.submit(lambda i=next_index: stream.load(stream.indices(i)))
-            images, used = pending.pop(index).result()
+            images, used = stream.prepared(index)
             yield index, images, used
+    finally:
+        stream.close()  # nothing decoded past `count` is kept
 
 
 def decode_split(stream: StreamingBatches, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -270,8 +268,7 @@ def benchmark_streaming(split: IndexedSplit, policy: PreprocessPolicy, *, worker
                         batch_size: int = 32, batches: int | None = None, seed: int = 0,
                         say=print) -> dict[int, float]:
     """Images/s of the streaming loader for each worker count, consumed the way `fit` consumes it
-    (through Keras' PyDataset adapter and its thread enqueuer), timed after the first batch (the threads'
-    start). `batches` defaults to about 1,000 images per worker, so every count is timed for a while.
+    (through Keras' PyDataset adapter), timed after the first batch (the threads' start). `batches` defaults to about 1,000 images per worker, so every count is timed for a while.
     Says one line per worker count."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter  # what fit wraps it in
 
@@ -285,8 +282,7 @@ def benchmark_streaming(split: IndexedSplit, policy: PreprocessPolicy, *, worker
         for _ in range(batches or max(8, -(-1000 * count // batch_size))):
             images += len(next(iterator)[0])
         results[count] = images / (time.perf_counter() - started)
-        if adapter.enqueuer is not None:
-            adapter.enqueuer.stop()
+        stream.close()
         say(f"streaming loader, {policy.width}x{policy.height}, batch {batch_size}, {count} worker(s): "
             f"{results[count]:,.0f} images/s")
     return results
