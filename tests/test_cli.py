@@ -221,6 +221,12 @@ def test_train_with_a_bad_alpha_names_it_without_traceback(tmp_path):
     assert "alpha 0.3" in line and "0.35" in line
 
 
+def test_train_with_no_decode_threads_names_the_value_without_traceback(tmp_path):
+    result = _cli("train", "/nonexistent", "--out", "x", "--workers", "0", cwd=tmp_path)
+    line = _assert_one_line_error(result, "train")
+    assert "workers must be a positive integer or None (one per core), got 0" in line
+
+
 @pytest.mark.timeout(240)
 def test_train_whose_imagenet_weights_cannot_be_downloaded_names_the_offline_alternatives(tmp_path):
     # The defaults (mobilenet_v2, --weights imagenet) download from Keras' server. An empty Keras cache and a

@@ -115,3 +115,13 @@ def test_resume_refuses_other_options_or_other_images(tmp_path):
         _check_resumable(state, changed, "abc", tmp_path)
     with pytest.raises(ValueError, match="the image folder changed"):
         _check_resumable(state, config, "def", tmp_path)
+
+
+def test_resume_accepts_another_decode_thread_count_and_a_checkpoint_from_before_the_option(tmp_path):
+    config = TrainConfig(model=ModelConfig(weights="none", mode="scratch"), epochs=3, workers=2).to_dict()
+    state = RunState(config=config, fingerprint="abc")
+    _check_resumable(state, {**config, "workers": 16}, "abc", tmp_path)
+    older = RunState(config={k: v for k, v in config.items() if k != "workers"}, fingerprint="abc")
+    _check_resumable(older, config, "abc", tmp_path)
+    with pytest.raises(ValueError, match="epochs: checkpoint 3, now 4"):  # the other options still count
+        _check_resumable(state, {**config, "workers": 16, "epochs": 4}, "abc", tmp_path)

@@ -220,3 +220,31 @@ def test_write_image_folder_refuses_non_empty_folder_and_bad_input(tmp_path):
         write_image_folder(images.astype(np.float32), labels, ["a", "b"], tmp_path / "z")
     with pytest.raises(ValueError, match="Unknown image extension"):
         write_image_folder(images, labels, ["a", "b"], tmp_path / "w", ext=".gif")
+
+
+def test_write_photo_folder_writes_distinct_camera_sized_jpegs_one_class_per_photo(tmp_path):
+    from edgevision.runtime.preprocess import read_image
+    from edgevision.train.sample_data import sample_photos, write_photo_folder
+
+    photos = sample_photos()
+    root = write_photo_folder(tmp_path / "photos", 2 * len(photos), (120, 90), quality=80, seed=3)
+    files = sorted(root.glob("*/*.jpg"))
+    assert len(files) == 2 * len(photos)
+    assert sorted(p.name for p in root.iterdir()) == sorted(photos)
+    pictures = [read_image(f) for f in files]
+    assert {p.shape for p in pictures} == {(90, 120, 3)}
+    # random crops: no two files hold the same pixels, and every file looks like a photo (not flat)
+    assert len({p.tobytes() for p in pictures}) == len(pictures)
+    assert min(float(p.std()) for p in pictures) > 5
+    again = write_photo_folder(tmp_path / "again", 2 * len(photos), (120, 90), quality=80, seed=3)
+    assert [f.read_bytes() for f in files] == [f.read_bytes() for f in sorted(again.glob("*/*.jpg"))]
+
+
+def test_write_image_folder_jpeg_quality_is_used_and_checked(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    low = write_image_folder(images, np.array([0, 0]), ["a"], tmp_path / "low", ext=".jpg", quality=20)
+    high = write_image_folder(images, np.array([0, 0]), ["a"], tmp_path / "high", ext=".jpg", quality=95)
+    assert sum(f.stat().st_size for f in low.glob("a/*")) < sum(f.stat().st_size for f in high.glob("a/*")) / 2
+    with pytest.raises(ValueError, match="JPEG quality 0 is invalid; use an integer from 1 to 100"):
+        write_image_folder(images, np.array([0, 0]), ["a"], tmp_path / "bad", ext=".jpg", quality=0)

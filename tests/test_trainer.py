@@ -225,10 +225,10 @@ def test_cli_augmentation_options_override_the_preset(monkeypatch, tmp_path):
     code = main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--augment", "light", "--rotation", "30",
                  "--vflip", "--fill-mode", "constant", "--fill-value", "128", "--noise", "4", "--crop", "0.1",
                  "--class-weights", "balanced", "--patience", "3", "--resume", "--no-tensorboard",
-                 "--weights", "none", "--mode", "scratch", "--head-units", "24", "--dropout", "0.3"])
+                 "--weights", "none", "--mode", "scratch", "--head-units", "24", "--dropout", "0.3", "--workers", "3"])
     assert code == 130
     config = seen["config"]
-    assert (config.model.head_units, config.model.dropout) == (24, 0.3)
+    assert (config.model.head_units, config.model.dropout, config.workers) == (24, 0.3, 3)
     assert config.augment == AugmentConfig(
         rotation=30.0, width_shift=0.1, height_shift=0.1, zoom=0.1, horizontal_flip=True, vertical_flip=True,
         fill_mode="constant", fill_value=128.0, brightness=0.1, contrast=0.1, noise_std=4.0, crop=0.1)

@@ -302,6 +302,9 @@ def _devices() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgevision.tflogs import quiet_tensorflow
+
+    quiet_tensorflow()  # as the edgevision command does: TensorFlow's start-up lines only when asked for
     parser = argparse.ArgumentParser(prog="python -m edgevision.train.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="which", required=True)
