@@ -24,7 +24,7 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
 ONNX_METADATA_KEY = "edgevision.bundle"
 # Activation x weight types for static int8. U8S8 (onnxruntime's default) saturates on x86 CPUs with
-# AVX2 but without VNNI and lost a quarter of the top-1 agreement here (PITFALLS.md); S8S8 measured best
+# AVX2 but without VNNI and lost a quarter of the top-1 agreement when measured; S8S8 measured best
 # in QDQ form on this machine (README "Measured: export").
 ONNX_INT8_TYPES = {"s8s8": ("QInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8"), "u8s8": ("QUInt8", "QInt8")}
 

@@ -34,7 +34,7 @@ def _convert(converter) -> bytes:
 
 def _converter(model):
     """`TFLiteConverter.from_keras_model` freezes the variables itself; converting an unfrozen concrete
-    function instead silently yields a model full of VAR_HANDLE ops whose output is NaN (PITFALLS.md)."""
+    function instead silently yields a model full of VAR_HANDLE ops whose output is NaN (seen with TensorFlow 2.21)."""
     import tensorflow as tf
 
     return tf.lite.TFLiteConverter.from_keras_model(model)

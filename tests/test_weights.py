@@ -258,7 +258,7 @@ def _photos() -> dict[str, np.ndarray]:
     return {"chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(), "grace_hopper": read_image(hopper)}
 
 
-# ImageNet class, and the probability measured when the reference model was checked (DATA.md).
+# ImageNet class, and the probability measured when the reference model was checked.
 KNOWN_ANSWERS = {"chelsea": (285, 0.78), "coffee": (967, 0.91), "grace_hopper": (652, None)}
 
 

