@@ -2,7 +2,9 @@
 # The GPU training check, as one run of at most about 9 minutes on a machine with an NVIDIA GPU, Python
 # 3.12 with JAX (CUDA) and OpenCV, and no network:
 #   bash benchmarks/gpu/fetch.sh        # on a machine with network, once: wheels + data into .gpu/
-#   bash benchmarks/gpu/check.sh        # on the GPU machine, from the repository root, with .gpu/ copied along
+#   bash benchmarks/gpu/check.sh [STEP ...]   # on the GPU machine, from the repository root, with .gpu/ copied
+#                                             # along; steps: throughput streaming limited-data data-parallel
+#                                             # (default: all, about 10 minutes)
 # Each step runs under its own timeout, so one that fails or hangs leaves the others' figures.
 # Writes $OUT/gpu-check.log (everything) and $OUT/*.json (the figures).
 set -uo pipefail
@@ -15,35 +17,36 @@ cd /tmp  # not the checkout: its edgevision/ folder would shadow the installed p
 export PYTHONPATH=/tmp/site KERAS_BACKEND=jax PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 # Steps 1 and 2 train the same model: the second one reuses the compiled step from this cache.
 export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
+STEPS=${*:-throughput streaming limited-data data-parallel}
 step() { echo "== $1 ($(date +%T))"; }
+want() { [[ " $STEPS " == *" $1 "* ]]; }
 step "machine"
 nvidia-smi -L; nproc; grep -m1 "model name" /proc/cpuinfo
 python3 -c "import jax, keras, cv2, numpy; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__, 'opencv', cv2.__version__, 'numpy', numpy.__version__)"
 
 # 1. MobileNetV2 1.0 224x224 bf16 batch 256, augmentation off then on (the `light` preset), one process.
-step "throughput"
-timeout 160 python3 -m edgevision.train.bench throughput --backbone mobilenet_v2 --alpha 1.0 --input-size 224 \
+want throughput && step "throughput" && timeout 160 python3 -m edgevision.train.bench throughput --backbone mobilenet_v2 --alpha 1.0 --input-size 224 \
     --batch-size 256 --steps 40 --warmup 5 --mixed-precision --json "$OUT/throughput-bf16.json"
 
 # 2. Fed from JPEG files on disk: decode images/s per core and with 4/8/16 threads, then the same training
 #    step (with augmentation) fed from memory and streamed from 4,096 500x375 JPEGs.
-step "streaming"
-timeout 160 python3 -m edgevision.train.bench streaming --out /tmp/sb --images 4096 --workers 1,4,8,16 \
+want streaming && step "streaming" && timeout 200 python3 -m edgevision.train.bench streaming --out /tmp/sb --images 4096 --workers 1,4,8,16 \
     --backbone mobilenet_v2 --alpha 1.0 --input-size 224 --batch-size 256 --steps 30 --warmup 5 \
     --mixed-precision --json "$OUT/streaming-bf16.json"
 
 # 3. The limited-data benchmark's best setting through train(): EfficientNet-Lite0 fine-tuned at 224 px
 #    on 50 Fashion-MNIST images a class, tested on all 10,000 test images.
-step "limited-data"
-mkdir -p /tmp/ld && tar -C /tmp/ld -xzf "$REPO/.gpu/limited-data.tgz"
-timeout 180 python3 -m edgevision.train.bench limited-data --out /tmp/ld --input-size 224 \
-    --only "efficientnet_lite0 finetune, no aug"
-cp /tmp/ld/results.json "$OUT/limited-data-gpu-224.json" 2>/dev/null
+if want limited-data; then
+    step "limited-data"
+    mkdir -p /tmp/ld && tar -C /tmp/ld -xzf "$REPO/.gpu/limited-data.tgz"
+    timeout 240 python3 -m edgevision.train.bench limited-data --out /tmp/ld --input-size 224 \
+        --only "efficientnet_lite0 finetune, no aug"
+    cp /tmp/ld/results.json "$OUT/limited-data-gpu-224.json" 2>/dev/null
+fi
 
 # 4. keras.distribution.DataParallel on this machine's accelerators: the batch is sharded over a mesh of
 #    every visible device and a few training steps run (with one GPU the mesh has one device).
-step "data-parallel"
-timeout 60 python3 - <<'EOF' | tee "$OUT/data-parallel.txt"
+want data-parallel && step "data-parallel" && timeout 120 python3 - <<'EOF' | tee "$OUT/data-parallel.txt"
 import jax, keras, numpy as np
 from edgevision.train.model import ModelConfig, build_classifier
 devices = keras.distribution.list_devices()
