@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgevision.runtime.preprocess import IMAGE_EXTENSIONS
+from edgevision.runtime.preprocess import IMAGE_EXTENSIONS, read_image
 
 __all__ = [
     "SampleDataUnavailable",
@@ -263,8 +263,8 @@ def write_image_folder(
     return root
 
 
-# Colour photos shipped inside the scikit-image and scikit-learn wheels (file names, read with OpenCV:
-# skimage.data's own loaders may try to download the photos they do not ship).
+# Colour photos shipped inside the scikit-image and scikit-learn wheels (file names, read with the one
+# decoder: skimage.data's own loaders may try to download the photos they do not ship).
 _PHOTO_FILES = {
     "skimage": ("data/astronaut.png", "data/chelsea.png", "data/coffee.png", "data/rocket.jpg",
                 "data/motorcycle_left.png", "data/retina.jpg"),
@@ -281,9 +281,8 @@ def sample_photos() -> dict[str, np.ndarray]:
             continue
         base = Path(list(spec.submodule_search_locations)[0])
         for name in names:
-            picture = cv2.imread(str(base / name), cv2.IMREAD_COLOR)
-            if picture is not None:
-                photos[Path(name).stem] = cv2.cvtColor(picture, cv2.COLOR_BGR2RGB)
+            if (base / name).is_file():
+                photos[Path(name).stem] = read_image(base / name)
     if not photos:
         raise SampleDataUnavailable("No sample photos found: install scikit-image or scikit-learn "
                                     "(pip install scikit-image)")
