@@ -203,6 +203,105 @@ def test_the_trainer_streams_a_folder_too_big_for_memory_and_decodes_a_small_one
     assert [type(c).__name__ for c in trainer._stream_callbacks(streamed)] == ["ReportCorruptFiles"]
 
 
+def _stream_pair(split: IndexedSplit, **options) -> tuple[StreamingBatches, StreamingBatches]:
+    """The same stream decoded by threads and by processes, each with its own report."""
+    return tuple(StreamingBatches(split, POLICY, report=StreamReport(), decoder=decoder, **options)
+                 for decoder in ("threads", "processes"))
+
+
+def _assert_gone(pids: set[int], memory_name: str) -> None:
+    import multiprocessing
+    import os
+    from multiprocessing.shared_memory import SharedMemory
+
+    assert not pids & {child.pid for child in multiprocessing.active_children()}
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(FileNotFoundError):
+        SharedMemory(name=memory_name)
+    assert not Path("/dev/shm", memory_name.lstrip("/")).exists()
+
+
+def test_decoder_processes_give_the_thread_batches_with_a_corrupt_file_and_leave_nothing_behind(folder, tmp_path):
+    root, bad = _corrupt_copy(folder, tmp_path)
+    index = index_image_folder(root, val_fraction=0.0, test_fraction=0.0)
+    threads, processes = _stream_pair(index.train, batch_size=7, seed=5, workers=2)
+    with processes:
+        for step in range(2 * len(threads)):  # two epochs, every file decoded twice
+            chosen = threads.indices(step)
+            images, used = threads.load(chosen)
+            pool_images, pool_used = processes.load(chosen)
+            np.testing.assert_array_equal(pool_images, images)
+            np.testing.assert_array_equal(pool_used, used)
+            np.testing.assert_array_equal(processes[step][1], threads[step][1])  # labels of the files used
+        assert list(processes.report.corrupt) == list(threads.report.corrupt) == [str(bad)]
+        assert processes.report.corrupt[str(bad)] == threads.report.corrupt[str(bad)]
+        assert processes.report.replaced == threads.report.replaced == 4  # once an epoch, by load and by [step]
+        worker = processes._pool.describe_worker()
+        assert worker["heavy_modules"] == [] and worker["opencv_threads"] == 1
+        pids = {worker["pid"], *(processes._pool.describe_worker()["pid"] for _ in range(4))}
+        memory_name = processes._pool.memory_name
+    _assert_gone(pids, memory_name)
+    with pytest.raises(RuntimeError, match="closed"):
+        processes.load(np.arange(3))
+
+
+def test_decoder_processes_read_a_split_in_file_order_like_threads(folder, tmp_path):
+    """decode_split feeds several batches to the pool at once from its threads (chunks wait for free
+    shared-memory slots); the result is the threads' one, corrupt file left out."""
+    root, bad = _corrupt_copy(folder, tmp_path)
+    index = index_image_folder(root, val_fraction=0.0, test_fraction=0.0)
+    threads, processes = _stream_pair(index.train, batch_size=5, shuffle=False, workers=2, dtype="uint8")
+    with processes:
+        for expected, got in zip(decode_split(threads), decode_split(processes)):
+            np.testing.assert_array_equal(got, expected)
+    assert list(processes.report.corrupt) == [str(bad)]
+
+
+def test_decoder_processes_name_a_file_when_nothing_of_the_split_decodes(tmp_path):
+    paths = []
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"\x89PNG broken")
+        paths.append(str(tmp_path / name))
+    with StreamingBatches(IndexedSplit(paths, np.array([0, 1, 0])), POLICY, batch_size=3, shuffle=False, workers=2,
+                          decoder="processes") as stream:
+        with pytest.raises(DatasetError, match=r"None of the 3 files of this split can be decoded \(e\.g\. .*a\.png"):
+            stream[0]
+        assert sorted(stream.report.corrupt) == paths  # found in the workers, reported here
+
+
+def test_a_killed_decoder_process_is_an_error_naming_a_file_and_close_still_cleans_up(folder):
+    import os
+    import signal
+
+    from edgevision.train.decode_pool import DecodePool
+
+    paths = index_image_folder(folder, val_fraction=0.0, test_fraction=0.0).train.paths
+    out = np.empty((8, 32, 32, 3), np.uint8)
+    with DecodePool(paths, POLICY, processes=2, rows=4) as pool:
+        pool.decode(np.arange(8), out)
+        pid, memory_name = pool.describe_worker()["pid"], pool.memory_name
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match=r"A decoder process ended while decoding 4 file\(s\) from \S+ \("):
+            for _ in range(20):  # until the pool has seen its process die
+                pool.decode(np.arange(8), out)
+    _assert_gone({pid}, memory_name)
+
+
+def test_the_decoder_is_threads_or_processes_and_auto_picks_by_cores(folder):
+    from edgevision.train.decode_pool import resolve_decoder
+
+    assert resolve_decoder("auto", 16) == resolve_decoder("auto", 8) == "processes"
+    assert resolve_decoder("auto", 4) == "threads" and resolve_decoder("threads", 32) == "threads"
+    index = index_image_folder(folder, val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(ValueError, match="Unknown decoder 'fork'; choose one of auto, threads, processes"):
+        StreamingBatches(index.train, POLICY, 4, decoder="fork")
+    stream = StreamingBatches(index.train, POLICY, 4, workers=6, decoder="processes")
+    assert stream.decoders == 6 and stream.workers < 6  # Keras' threads only feed the processes
+    stream.close()  # never started: nothing to stop
+
+
 @pytest.mark.slow
 def test_training_from_disk_gives_the_in_memory_result_and_reports_a_corrupt_file(folder, tmp_path):
     import json
