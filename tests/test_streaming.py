@@ -330,6 +330,40 @@ def test_training_from_disk_gives_the_in_memory_result_and_reports_a_corrupt_fil
         TrainConfig(data_in_memory="sometimes")
 
 
+@pytest.mark.slow
+def test_training_with_decoder_processes_gives_the_thread_result_and_stops_them_on_an_interrupt(folder, tmp_path,
+                                                                                                 monkeypatch):
+    import multiprocessing
+
+    import keras
+
+    from edgevision.train import callbacks
+    from edgevision.train.model import ModelConfig
+    from edgevision.train.trainer import TrainConfig, train
+
+    config = TrainConfig(model=ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=32, weights="none",
+                                           mode="scratch"),
+                         epochs=2, batch_size=16, seed=3, val_fraction=0.2, test_fraction=0.2, tensorboard=False,
+                         data_in_memory="never", workers=2)
+    results = {decoder: train(folder, tmp_path / decoder, replace(config, decoder=decoder), progress=False)
+               for decoder in ("threads", "processes")}
+    assert results["processes"].heldout_count == results["threads"].heldout_count > 0
+    assert results["processes"].heldout_accuracy == results["threads"].heldout_accuracy
+    weights = {d: keras.saving.load_model(tmp_path / d / "model.keras").get_weights() for d in results}
+    for mine, theirs in zip(weights["processes"], weights["threads"], strict=True):
+        np.testing.assert_array_equal(mine, theirs)  # the same batches: the same model, bit for bit
+
+    def interrupt(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+    children, segments = set(multiprocessing.active_children()), set(Path("/dev/shm").glob("psm_*"))
+    monkeypatch.setattr(callbacks.EpochEnd, "on_epoch_end", interrupt)  # Ctrl+C at the end of epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        train(folder, tmp_path / "interrupted", replace(config, decoder="processes"), progress=False)
+    assert set(multiprocessing.active_children()) <= children
+    assert set(Path("/dev/shm").glob("psm_*")) <= segments
+
+
 def _photo_folder(root: Path, per_class: int = 12) -> Path:
     """Two classes of JPEG photos from scikit-image, each copy with a different crop so none decode alike."""
     import skimage.data
