@@ -20,6 +20,7 @@ class CLIError(Exception):
 def _add_train(sub) -> None:
     from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES
     from edgevision.train.augment import FILL_MODES, PRESETS
+    from edgevision.train.decode_pool import DECODERS
     from edgevision.train.distribute import DISTRIBUTE_MODES
     from edgevision.train.model import BACKBONES, TRANSFER_MODES
     from edgevision.train.trainer import CLASS_WEIGHT_MODES, DATA_IN_MEMORY_MODES, KEEP_MODES, LR_SCHEDULES
@@ -98,7 +99,10 @@ def _add_train(sub) -> None:
                    help="decode every image into memory (auto: when it fits in 2 GiB) or stream batches from "
                    "disk with parallel decoding")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="decode threads for loading or streaming the images (default: one per core, at most 32)")
+                   help="decoders for loading or streaming the images (default: one per core, at most 32)")
+    p.add_argument("--decoder", default="auto", choices=DECODERS,
+                   help="streamed images are decoded in threads or in separate processes, which keep scaling on "
+                        "many cores (auto: processes from 8 usable cores)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_train)
@@ -133,7 +137,7 @@ def _cmd_train(args) -> int:
         fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr, lr_schedule=args.lr_schedule,
         label_smoothing=args.label_smoothing, keep=args.keep, patience=args.patience, class_weights=args.class_weights, tensorboard=not args.no_tensorboard,
         mixed_precision=args.mixed_precision, distribute=args.distribute, data_in_memory=args.data_in_memory,
-        workers=args.workers,
+        workers=args.workers, decoder=args.decoder,
     )
     if args.preview is not None:
         path = preview_augmentation(args.data_dir, args.preview, config, progress=not args.quiet)

@@ -110,6 +110,7 @@ def test_resume_refuses_other_options_or_other_images(tmp_path):
     config = TrainConfig(model=ModelConfig(weights="none", mode="scratch"), epochs=3).to_dict()
     state = RunState(config=config, fingerprint="abc")
     _check_resumable(state, json.loads(json.dumps(config)), "abc", tmp_path)  # the same: fine
+    _check_resumable(state, {**config, "workers": 3, "decoder": "processes"}, "abc", tmp_path)  # how it decodes: fine
     changed = {**config, "epochs": 5, "seed": 1}
     with pytest.raises(ValueError, match="epochs: checkpoint 3, now 5; seed: checkpoint 0, now 1"):
         _check_resumable(state, changed, "abc", tmp_path)

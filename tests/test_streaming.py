@@ -202,6 +202,106 @@ def test_the_trainer_streams_a_folder_too_big_for_memory_and_decodes_a_small_one
     assert [type(c).__name__ for c in trainer._stream_callbacks(streamed)] == ["ReportCorruptFiles"]
 
 
+def _stream_pair(split: IndexedSplit, **options) -> tuple[StreamingBatches, StreamingBatches]:
+    """The same stream decoded by threads and by processes, each with its own report."""
+    return tuple(StreamingBatches(split, POLICY, report=StreamReport(), decoder=decoder, **options)
+                 for decoder in ("threads", "processes"))
+
+
+def _assert_gone(pids: set[int], memory_name: str) -> None:
+    import multiprocessing
+    import os
+    from multiprocessing.shared_memory import SharedMemory
+
+    assert not pids & {child.pid for child in multiprocessing.active_children()}
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(FileNotFoundError):
+        SharedMemory(name=memory_name)
+    assert not Path("/dev/shm", memory_name.lstrip("/")).exists()
+
+
+def test_decoder_processes_give_the_thread_batches_with_a_corrupt_file_and_leave_nothing_behind(folder, tmp_path):
+    root, bad = _corrupt_copy(folder, tmp_path)
+    index = index_image_folder(root, val_fraction=0.0, test_fraction=0.0)
+    # ahead=0: no batch decoded past the last one read, so the replacement counts are exact
+    threads, processes = _stream_pair(index.train, batch_size=7, seed=5, workers=2, ahead=0)
+    with processes:
+        for step in range(2 * len(threads)):  # two epochs, every file decoded twice
+            chosen = threads.indices(step)
+            images, used = threads.load(chosen)
+            pool_images, pool_used = processes.load(chosen)
+            np.testing.assert_array_equal(pool_images, images)
+            np.testing.assert_array_equal(pool_used, used)
+            np.testing.assert_array_equal(processes[step][1], threads[step][1])  # labels of the files used
+        assert list(processes.report.corrupt) == list(threads.report.corrupt) == [str(bad)]
+        assert processes.report.corrupt[str(bad)] == threads.report.corrupt[str(bad)]
+        assert processes.report.replaced == threads.report.replaced == 4  # once an epoch, by load and by [step]
+        worker = processes._pool.describe_worker()
+        assert worker["heavy_modules"] == [] and worker["opencv_threads"] == 1
+        pids = {worker["pid"], *(processes._pool.describe_worker()["pid"] for _ in range(4))}
+        memory_name = processes._pool.memory_name
+    _assert_gone(pids, memory_name)
+    with pytest.raises(RuntimeError, match="closed"):
+        processes.load(np.arange(3))
+
+
+def test_decoder_processes_read_a_split_in_file_order_like_threads(folder, tmp_path):
+    """decode_split feeds several batches to the pool at once from its threads (chunks wait for free
+    shared-memory slots); the result is the threads' one, corrupt file left out."""
+    root, bad = _corrupt_copy(folder, tmp_path)
+    index = index_image_folder(root, val_fraction=0.0, test_fraction=0.0)
+    threads, processes = _stream_pair(index.train, batch_size=5, shuffle=False, workers=2, dtype="uint8")
+    with processes:
+        for expected, got in zip(decode_split(threads), decode_split(processes)):
+            np.testing.assert_array_equal(got, expected)
+    assert list(processes.report.corrupt) == [str(bad)]
+
+
+def test_decoder_processes_name_a_file_when_nothing_of_the_split_decodes(tmp_path):
+    paths = []
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"\x89PNG broken")
+        paths.append(str(tmp_path / name))
+    with StreamingBatches(IndexedSplit(paths, np.array([0, 1, 0])), POLICY, batch_size=3, shuffle=False, workers=2,
+                          decoder="processes") as stream:
+        with pytest.raises(DatasetError, match=r"None of the 3 files of this split can be decoded \(e\.g\. .*a\.png"):
+            stream[0]
+        assert sorted(stream.report.corrupt) == paths  # found in the workers, reported here
+
+
+def test_a_killed_decoder_process_is_an_error_naming_a_file_and_close_still_cleans_up(folder):
+    import os
+    import signal
+
+    from edgevision.train.decode_pool import DecodePool
+
+    paths = index_image_folder(folder, val_fraction=0.0, test_fraction=0.0).train.paths
+    out = np.empty((8, 32, 32, 3), np.uint8)
+    with DecodePool(paths, POLICY, processes=2, rows=4) as pool:
+        pool.decode(np.arange(8), out)
+        pid, memory_name = pool.describe_worker()["pid"], pool.memory_name
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match=r"A decoder process ended while decoding 4 file\(s\) from \S+ \("):
+            for _ in range(20):  # until the pool has seen its process die
+                pool.decode(np.arange(8), out)
+    _assert_gone({pid}, memory_name)
+
+
+def test_the_decoder_is_threads_or_processes_and_auto_picks_by_cores(folder):
+    from edgevision.train.decode_pool import resolve_decoder
+
+    assert resolve_decoder("auto", 16) == resolve_decoder("auto", 8) == "processes"
+    assert resolve_decoder("auto", 4) == "threads" and resolve_decoder("threads", 32) == "threads"
+    index = index_image_folder(folder, val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(ValueError, match="Unknown decoder 'fork'; choose one of auto, threads, processes"):
+        StreamingBatches(index.train, POLICY, 4, decoder="fork")
+    stream = StreamingBatches(index.train, POLICY, 4, workers=6, decoder="processes")
+    assert stream.decoders == 6 and stream.threads < 6  # the prefetching threads only feed the processes
+    stream.close()  # never started: nothing to stop
+
+
 @pytest.mark.slow
 def test_training_from_disk_gives_the_in_memory_result_and_reports_a_corrupt_file(folder, tmp_path):
     import json
@@ -228,6 +328,40 @@ def test_training_from_disk_gives_the_in_memory_result_and_reports_a_corrupt_fil
     assert str(bad) not in json.loads((tmp_path / "broken" / "run.json").read_text())["heldout_paths"]
     with pytest.raises(ValueError, match="choose one of auto, always, never"):
         TrainConfig(data_in_memory="sometimes")
+
+
+@pytest.mark.slow
+def test_training_with_decoder_processes_gives_the_thread_result_and_stops_them_on_an_interrupt(folder, tmp_path,
+                                                                                                 monkeypatch):
+    import multiprocessing
+
+    import keras
+
+    from edgevision.train import callbacks
+    from edgevision.train.model import ModelConfig
+    from edgevision.train.trainer import TrainConfig, train
+
+    config = TrainConfig(model=ModelConfig(backbone="mobilenet_v2", alpha=0.35, input_size=32, weights="none",
+                                           mode="scratch"),
+                         epochs=2, batch_size=16, seed=3, val_fraction=0.2, test_fraction=0.2, tensorboard=False,
+                         data_in_memory="never", workers=2)
+    results = {decoder: train(folder, tmp_path / decoder, replace(config, decoder=decoder), progress=False)
+               for decoder in ("threads", "processes")}
+    assert results["processes"].heldout_count == results["threads"].heldout_count > 0
+    assert results["processes"].heldout_accuracy == results["threads"].heldout_accuracy
+    weights = {d: keras.saving.load_model(tmp_path / d / "model.keras").get_weights() for d in results}
+    for mine, theirs in zip(weights["processes"], weights["threads"], strict=True):
+        np.testing.assert_array_equal(mine, theirs)  # the same batches: the same model, bit for bit
+
+    def interrupt(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+    children, segments = set(multiprocessing.active_children()), set(Path("/dev/shm").glob("psm_*"))
+    monkeypatch.setattr(callbacks.EpochEnd, "on_epoch_end", interrupt)  # Ctrl+C at the end of epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        train(folder, tmp_path / "interrupted", replace(config, decoder="processes"), progress=False)
+    assert set(multiprocessing.active_children()) <= children
+    assert set(Path("/dev/shm").glob("psm_*")) <= segments
 
 
 def _photo_folder(root: Path, per_class: int = 12) -> Path:
@@ -264,7 +398,8 @@ def test_decode_threads_follow_the_usable_cores_up_to_the_cap(monkeypatch):
     monkeypatch.setattr(dataset.os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
     assert dataset.default_workers() == dataset.MAX_DEFAULT_WORKERS == 32
     # every decode thread has a batch to work on, twice over
-    stream = StreamingBatches(IndexedSplit(["x.jpg"] * 4, np.zeros(4, np.int64)), PreprocessPolicy(8, 8), 2, workers=5)
+    stream = StreamingBatches(IndexedSplit(["x.jpg"] * 4, np.zeros(4, np.int64)), PreprocessPolicy(8, 8), 2, workers=5,
+                              decoder="threads")
     assert (stream.threads, stream.depth) == (5, 10)
 
 

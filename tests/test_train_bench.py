@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from edgevision.train.bench import CLOTHES_AUGMENT, limited_data_settings, main
 
 
@@ -22,3 +24,11 @@ def test_throughput_times_the_training_path_with_and_without_augmentation(tmp_pa
     assert figures["images_per_s"] > 0 and figures["images_per_s_augmented"] > 0
     expected = 1 - figures["images_per_s_augmented"] / figures["images_per_s"]
     assert abs(figures["augmentation_cost"] - expected) < 1e-3
+
+
+def test_streaming_compares_threads_and_processes_and_refuses_another_decoder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["streaming", "--out", str(tmp_path), "--decoder", "threads,fork"])
+    assert exit_info.value.code == 2
+    assert "Unknown decoder(s) 'fork'; choose from threads, processes" in capsys.readouterr().err
+    assert not (tmp_path / "photos").exists()  # refused before writing the photos

@@ -81,6 +81,8 @@ def test_train_config_errors_name_the_value_and_the_choices(tmp_path):
         TrainConfig(class_weights="yes")
     with pytest.raises(ValueError, match="fine-tuning learning rate must be in \\(0, 1\\), got 2"):
         TrainConfig(model=ModelConfig(mode="finetune"), fine_tune_lr=2)
+    with pytest.raises(ValueError, match="Unknown decoder 'fork'; choose one of auto, threads, processes"):
+        TrainConfig(decoder="fork")
 
 
 def test_finetune_has_two_phases_with_a_tenth_of_the_learning_rate_by_default():
@@ -225,15 +227,25 @@ def test_cli_augmentation_options_override_the_preset(monkeypatch, tmp_path):
     code = main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--augment", "light", "--rotation", "30",
                  "--vflip", "--fill-mode", "constant", "--fill-value", "128", "--noise", "4", "--crop", "0.1",
                  "--class-weights", "balanced", "--patience", "3", "--resume", "--no-tensorboard",
-                 "--weights", "none", "--mode", "scratch", "--head-units", "24", "--dropout", "0.3", "--workers", "3"])
+                 "--weights", "none", "--mode", "scratch", "--head-units", "24", "--dropout", "0.3", "--workers", "3",
+                 "--decoder", "processes"])
     assert code == 130
     config = seen["config"]
     assert (config.model.head_units, config.model.dropout, config.workers) == (24, 0.3, 3)
     assert config.augment == AugmentConfig(
         rotation=30.0, width_shift=0.1, height_shift=0.1, zoom=0.1, horizontal_flip=True, vertical_flip=True,
         fill_mode="constant", fill_value=128.0, brightness=0.1, contrast=0.1, noise_std=4.0, crop=0.1)
-    assert (config.class_weights, config.patience, config.tensorboard) == ("balanced", 3, False)
+    assert (config.class_weights, config.patience, config.tensorboard, config.decoder) == ("balanced", 3, False,
+                                                                                           "processes")
     assert seen["kwargs"]["resume"] is True
+
+
+def test_cli_rejects_an_unknown_decoder_naming_the_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--decoder", "fork"])
+    assert exit_info.value.code == 2
+    assert "argument --decoder: invalid choice: 'fork' (choose from 'auto', 'threads', 'processes')" in \
+        capsys.readouterr().err
 
 
 def test_cli_needs_out_unless_previewing_and_a_preview_needs_augmentation(tmp_path, capsys):

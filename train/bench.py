@@ -7,8 +7,8 @@
 - `throughput`: training images/s of one configuration with augmentation off and on, in the same
   process, on whatever accelerator Keras sees.
 - `streaming`: how fast this machine decodes 224-px training pictures from JPEG files (per core and
-  with one thread per core), and a real training step fed streamed from the JPEGs against fed from
-  memory, in the same process.
+  with one decoder per core, in threads and in processes), and a real training step fed streamed from
+  the JPEGs (by each decoder) against fed from memory, in the same process.
 
     python -m edgevision.train.bench limited-data --out /tmp/ld
     python -m edgevision.train.bench throughput --backbone mobilenet_v2 --alpha 1.0 --input-size 224
@@ -202,24 +202,32 @@ def throughput(*, backbone: str = "mobilenet_v2", alpha: float | None = 0.35, in
 def streaming(out: str | Path, *, images: int = 1024, photo_size: tuple[int, int] = (500, 375),
               input_size: int = 224, worker_counts: tuple[int, ...] | None = None, backbone: str = "mobilenet_v2",
               alpha: float | None = 0.35, batch_size: int = 64, steps: int = 20, warmup: int = 3,
-              mixed_precision: bool = False, augment: str = "light", say=print) -> dict:
+              mixed_precision: bool = False, augment: str = "light",
+              decoders: tuple[str, ...] = ("threads", "processes"), say=print) -> dict:
     """Can a folder of JPEGs feed training as fast as pictures held in memory?
 
     1. Decode: images/s of the streaming loader (file -> the one decoder -> crop and resize to
-       input_size, uint8 batches) with 1 worker thread (the per-core figure) and with more.
+       input_size, uint8 batches) with 1 decoder (the per-core figure) and with more, for each of
+       `decoders` ("threads", "processes"): `decode_images_per_s_<decoder>`.
     2. Training: images/s of the same model's real training step fed from memory (the folder decoded
-       once, `ShuffledBatches`) and streamed from the JPEGs (`StreamingBatches`, one thread per core),
-       in the same process; `streamed_vs_in_memory` is their ratio.
+       once, `ShuffledBatches`) and streamed from the JPEGs (`StreamingBatches`, one decoder per core) by
+       each of `decoders`, in the same process; `streamed_vs_in_memory_<decoder>` is their ratio.
 
-    The photos are written once to `out`/photos (`write_photo_folder`) and read from the page cache,
-    so the figures are decode, not disk, speed."""
+    The keys without a decoder in their name (`decode_images_per_s`, `train_images_per_s_streamed`,
+    `streamed_vs_in_memory`) hold the first of `decoders`. The photos are written once to `out`/photos
+    (`write_photo_folder`) and read from the page cache, so the figures are decode, not disk, speed."""
     from edgevision.runtime.preprocess import PreprocessPolicy
 
     from .dataset import IndexedSplit, default_workers, index_image_folder, load_image_folder
     from .pipeline import ShuffledBatches
     from .sample_data import write_photo_folder
+    from .decode_pool import DECODERS
     from .streaming import StreamingBatches, benchmark_streaming
 
+    unknown = [d for d in decoders if d not in DECODERS[1:]]
+    if unknown or not decoders:
+        raise ValueError(f"Unknown decoder(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"choose from {', '.join(DECODERS[1:])} (--decoder takes a comma-separated list)")
     if images < batch_size * 2:
         raise ValueError(f"images ({images}) must be at least two batches ({2 * batch_size})")
     folder = Path(out) / "photos"
@@ -234,9 +242,12 @@ def streaming(out: str | Path, *, images: int = 1024, photo_size: tuple[int, int
                "mean_file_kb": round(np.mean(list(index.file_sizes.values())) / 1e3, 1), "input_size": input_size,
                **_machine(), "usable_cores": cores}
 
-    rates = benchmark_streaming(index.train, policy, workers=worker_counts, batch_size=32, say=say)
-    figures["decode_images_per_s"] = {str(k): round(v, 1) for k, v in rates.items()}
-    figures["decode_images_per_s_per_core"] = round(rates[min(rates)] / min(rates), 1)
+    for decoder in decoders:
+        rates = benchmark_streaming(index.train, policy, workers=worker_counts, batch_size=32, decoder=decoder, say=say)
+        figures[f"decode_images_per_s_{decoder}"] = {str(k): round(v, 1) for k, v in rates.items()}
+        figures[f"decode_images_per_s_per_core_{decoder}"] = round(rates[min(rates)] / min(rates), 1)
+    for key in ("decode_images_per_s", "decode_images_per_s_per_core"):
+        figures[key] = figures[f"{key}_{decoders[0]}"]
 
     started = time.perf_counter()
     memory = load_image_folder(folder, policy, val_fraction=0, test_fraction=0)
@@ -249,14 +260,17 @@ def streaming(out: str | Path, *, images: int = 1024, photo_size: tuple[int, int
                    mixed_precision=mixed_precision, images_timed=batch_size * steps, workers=cores)
     # Whole batches only (a short last batch would compile another step): both feeds see the same shapes.
     usable = len(memory.train) - len(memory.train) % batch_size
-    fed = {"in_memory": ShuffledBatches(memory.train.images[:usable], memory.train.labels[:usable], batch_size, seed=0),
-           "streamed": StreamingBatches(IndexedSplit(index.train.paths[:usable], index.train.labels[:usable]), policy,
-                                         batch_size, seed=0, dtype="uint8")}
-    for name, batches in fed.items():
-        figures[f"train_images_per_s_{name}"] = round(
-            timed_fit(model, batches, steps=steps, warmup=warmup, batch_size=batch_size), 1)
-    figures["streamed_vs_in_memory"] = round(figures["train_images_per_s_streamed"]
-                                             / figures["train_images_per_s_in_memory"], 3)
+    in_memory = ShuffledBatches(memory.train.images[:usable], memory.train.labels[:usable], batch_size, seed=0)
+    figures["train_images_per_s_in_memory"] = round(
+        timed_fit(model, in_memory, steps=steps, warmup=warmup, batch_size=batch_size), 1)
+    whole = IndexedSplit(index.train.paths[:usable], index.train.labels[:usable])
+    for decoder in decoders:
+        with StreamingBatches(whole, policy, batch_size, seed=0, dtype="uint8", decoder=decoder) as streamed:
+            rate = timed_fit(model, streamed, steps=steps, warmup=warmup, batch_size=batch_size)
+        figures[f"train_images_per_s_streamed_{decoder}"] = round(rate, 1)
+        figures[f"streamed_vs_in_memory_{decoder}"] = round(rate / figures["train_images_per_s_in_memory"], 3)
+    for key in ("train_images_per_s_streamed", "streamed_vs_in_memory"):
+        figures[key] = figures[f"{key}_{decoders[0]}"]
     say(json.dumps(figures))
     return figures
 
@@ -326,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--workers", default=None, help="comma-separated decode thread counts to time "
                     "(default: 1, half the cores, all)")
     st.add_argument("--augment", default="light", help="augmentation preset for the training step")
+    st.add_argument("--decoder", default="threads,processes",
+                    help="comma-separated decoders to compare: threads, processes (default: both)")
     for p in (tp, st):
         p.add_argument("--backbone", default="mobilenet_v2")
         p.add_argument("--alpha", type=float, default=0.35)
@@ -354,8 +370,12 @@ def main(argv: list[str] | None = None) -> int:
             counts = tuple(int(c) for c in args.workers.split(",")) if args.workers else None
         except ValueError:
             parser.error(f"--workers {args.workers!r} is not a comma-separated list of thread counts, e.g. 1,4,16")
-        figures = streaming(args.out, images=args.images, photo_size=(int(width), int(height)), worker_counts=counts,
-                            augment=args.augment, **common)
+        decoders = tuple(d.strip() for d in args.decoder.split(",") if d.strip())
+        try:
+            figures = streaming(args.out, images=args.images, photo_size=(int(width), int(height)),
+                                worker_counts=counts, augment=args.augment, decoders=decoders, **common)
+        except ValueError as error:
+            parser.error(str(error))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

@@ -42,7 +42,7 @@ class PrefetchedBatches(keras.utils.PyDataset):
     def __init__(self, threads: int, depth: int):
         super().__init__(workers=1, use_multiprocessing=False)
         self.threads, self.depth = int(threads), int(depth)
-        self._pool: ThreadPoolExecutor | None = None
+        self._prefetcher: ThreadPoolExecutor | None = None
         self._ahead: dict[int, Future] = {}
 
     def prepare(self, index: int):
@@ -55,28 +55,32 @@ class PrefetchedBatches(keras.utils.PyDataset):
         """`prepare(index)`, taken from the look-ahead when it is there; starts preparing the next ones."""
         if self.threads < 1 or self.depth < 1:
             return self.prepare(index)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="edgevision-batches")
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(self.threads, thread_name_prefix="edgevision-batches")
         future = self._ahead.pop(index, None)
         wanted = range(index + 1, min(index + 1 + self.depth, self.num_batches or index + 1 + self.depth))
         for stale in [k for k in self._ahead if k not in wanted]:  # after a restart or a jump
             self._ahead.pop(stale).cancel()
         for k in wanted:
             if k not in self._ahead:
-                self._ahead[k] = self._pool.submit(self.prepare, k)
+                self._ahead[k] = self._prefetcher.submit(self.prepare, k)
         return future.result() if future is not None else self.prepare(index)
 
     def __getitem__(self, index: int):
         return self.assemble(index, self.prepared(index))
 
-    def close(self) -> None:
-        """Drop the look-ahead and stop the threads (a later read starts them again)."""
+    def drop_ahead(self) -> None:
+        """Forget the batches prepared ahead (those not started yet are not prepared at all)."""
         for future in self._ahead.values():
             future.cancel()
         self._ahead.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+
+    def close(self) -> None:
+        """Drop the look-ahead and stop the threads (a later read starts them again)."""
+        self.drop_ahead()
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True)
+            self._prefetcher = None
 
 
 def epoch_batch(orders: dict[int, np.ndarray], lock: threading.Lock, count: int, seed: int, epoch: int, step: int,

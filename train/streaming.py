@@ -1,15 +1,19 @@
 """Batches decoded from disk while training runs, for image folders too large to hold in memory.
 
-`StreamingBatches` is a `keras.utils.PyDataset` that decodes the next batches in threads of its own
-while Keras consumes the current one (`pipeline.PrefetchedBatches`; OpenCV's decode and resize release
-the GIL, and threads share the batch arrays instead of pickling them between processes), so it works
-under every Keras backend with no tf.data. Every picture goes through `runtime.preprocess.load_and_prepare`, the same function as
-the in-memory loader, and training batches follow `pipeline.epoch_order`, so a streamed run sees the
-batches an in-memory run sees.
+`StreamingBatches` is a `keras.utils.PyDataset` that prepares the next batches in threads of its own
+while Keras consumes the current one (`pipeline.PrefetchedBatches`), so it works under every Keras
+backend with no tf.data. The pictures are decoded either in those threads (`decoder="threads"`:
+OpenCV's decode and resize release the GIL, threads share the batch arrays, and on a few cores they
+scale about linearly) or in a pool of decoder processes the threads wait on (`decoder="processes"`, see
+decode_pool.py: on many cores the Python part of each picture, serialised by the GIL the fit loop needs
+too, caps what threads reach). Both give the same batches. Every picture goes through
+`runtime.preprocess.load_and_prepare`, the same function as the in-memory loader, and training batches
+follow `pipeline.epoch_order`, so a streamed run sees the batches an in-memory run sees.
 
 A corrupt picture is only found when it is decoded: it is replaced in its batch by the next usable
 picture of the same split (with that picture's label), remembered so it is not decoded again, and
-recorded in a `StreamReport`; `ReportCorruptFiles` logs the new ones at the end of each epoch.
+recorded in a `StreamReport` (a decoder process remembers the ones it found, and reports them to the
+training process's `StreamReport`); `ReportCorruptFiles` logs the new ones at the end of each epoch.
 
 This module imports Keras at the top; `trainer.train` imports it only when training starts.
 """
@@ -25,9 +29,10 @@ import numpy as np
 
 import keras
 
-from edgevision.runtime.preprocess import ImageDecodeError, PreprocessPolicy, load_and_prepare
+from edgevision.runtime.preprocess import PreprocessPolicy
 
 from .dataset import DatasetError, DatasetIndex, IndexedSplit, SkippedFile, default_workers
+from .decode_pool import DecodePool, chunk_rows, decode_replacing, resolve_decoder
 from .pipeline import PrefetchedBatches, epoch_batch
 
 __all__ = ["StreamReport", "StreamingBatches", "StreamedDataset", "ReportCorruptFiles", "decode_split",
@@ -36,6 +41,9 @@ __all__ = ["StreamReport", "StreamingBatches", "StreamedDataset", "ReportCorrupt
 log = logging.getLogger("edgevision.train")
 
 IMAGE_DTYPES = ("float32", "uint8")
+# With decoder processes, the prefetching threads only hand batches to the pool and wait: a few keep
+# every process busy (each batch is spread over all of them).
+PROCESS_FEEDERS = 4
 
 
 @dataclass
@@ -52,9 +60,9 @@ class StreamReport:
         with self._lock:
             self.corrupt.setdefault(path, reason)
 
-    def count_replacement(self) -> None:
+    def count_replacements(self, count: int) -> None:
         with self._lock:
-            self.replaced += 1
+            self.replaced += count
 
     def is_corrupt(self, path: str) -> bool:
         return path in self.corrupt
@@ -78,12 +86,16 @@ class StreamingBatches(PrefetchedBatches):
     `epoch_order(len(split), seed, epoch)`, exactly as `pipeline.ShuffledBatches` (fit gets
     `steps_per_epoch`). shuffle=False: one pass in file order (validation, evaluation). Images are
     (B, H, W, 3) float32 0-255 or uint8 (`dtype`); the last batch of an epoch may be smaller.
+
+    `workers` decoders (one per usable core by default) are threads, or processes (`decoder`; "auto":
+    processes from PROCESSES_FROM_CORES usable cores). Decoder processes start on first use and stop
+    with `close()` or at the end of a `with` block.
     """
 
     def __init__(self, split: IndexedSplit, policy: PreprocessPolicy, batch_size: int, *, seed: int = 0,
                  shuffle: bool = True, first_epoch: int = 0, weights: np.ndarray | None = None,
                  workers: int | None = None, dtype: str = "float32", report: StreamReport | None = None,
-                 ahead: int | None = None, pad_multiple: int = 1):
+                 ahead: int | None = None, pad_multiple: int = 1, decoder: str = "auto"):
         workers = default_workers() if workers is None else workers
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
             raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
@@ -95,9 +107,12 @@ class StreamingBatches(PrefetchedBatches):
             raise ValueError("There are no images to stream")
         if pad_multiple < 1 or (pad_multiple > 1 and shuffle):
             raise ValueError(f"pad_multiple must be at least 1, and 1 for a shuffled stream; got {pad_multiple!r}")
-        # Batches decoded ahead: at least one per thread, or some threads idle while the step waits for
+        self.decoder = resolve_decoder(decoder, default_workers())
+        self.decoders = int(workers)
+        threads = self.decoders if self.decoder == "threads" else PROCESS_FEEDERS
+        # Batches prepared ahead: at least one per thread, or some threads idle while the step waits for
         # data. Twice that absorbs uneven decode times.
-        super().__init__(threads=int(workers), depth=2 * int(workers) if ahead is None else ahead)
+        super().__init__(threads=threads, depth=2 * threads if ahead is None else ahead)
         self.paths, self.labels = list(split.paths), np.asarray(split.labels, dtype=np.int64)
         self.policy, self.batch_size, self.seed = policy, int(batch_size), seed
         self.shuffle, self.first_epoch, self.dtype = shuffle, first_epoch, dtype
@@ -110,6 +125,21 @@ class StreamingBatches(PrefetchedBatches):
         self.padding_factor = (len(self.paths) + (-len(self.paths) % self.pad_multiple)) / len(self.paths)
         self._orders: dict[int, np.ndarray] = {}
         self._orders_lock = threading.Lock()
+        self._pool = (DecodePool(self.paths, policy, self.decoders, chunk_rows(self.batch_size, self.decoders))
+                      if self.decoder == "processes" else None)
+
+    def close(self) -> None:
+        """Stop the prefetching threads, then the decoder processes; a closed stream of decoder processes
+        decodes no more (one of threads starts its threads again)."""
+        super().close()
+        if self._pool is not None:
+            self._pool.close()
+
+    def __enter__(self) -> StreamingBatches:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def num_batches(self):
@@ -131,32 +161,27 @@ class StreamingBatches(PrefetchedBatches):
     def load(self, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decode files `chosen` into (images uint8, positions actually used): a corrupt file's slot
         holds the next usable file of the split, so `used != chosen` marks replaced slots."""
+        chosen = np.asarray(chosen, dtype=np.int64)
         images = np.empty((len(chosen), self.policy.height, self.policy.width, 3), dtype=np.uint8)
-        used = np.asarray(chosen, dtype=np.int64).copy()
-        for slot, position in enumerate(used):
-            used[slot] = self._decode_into(images, slot, int(position))
+        if self._pool is not None:
+            used, found = self._pool.decode(chosen, images)
+            for position, reason in found:
+                self.report.add(self.paths[position], reason)
+        else:
+            used = np.array([self._decode_into(images, slot, int(position)) for slot, position in enumerate(chosen)],
+                            dtype=np.int64).reshape(-1)
+        if (used < 0).any():
+            raise DatasetError(f"None of the {len(self.paths)} files of this split can be decoded (e.g. "
+                               f"{self.paths[0]}: {self.report.corrupt.get(self.paths[0], 'unreadable')})")
+        self.report.count_replacements(int(np.count_nonzero(used != chosen)))
         return images, used
 
     def _decode_into(self, images: np.ndarray, slot: int, position: int) -> int:
-        count = len(self.paths)
-        for step in range(count):
-            candidate = (position + step) % count
-            path = self.paths[candidate]
-            if self.report.is_corrupt(path):
-                continue
-            try:
-                images[slot] = load_and_prepare(path, self.policy)
-            except ImageDecodeError as error:
-                self.report.add(path, f"not a decodable image: {error}")
-                continue
-            except OSError as error:
-                self.report.add(path, f"could not read the file: {error.strerror or error}")
-                continue
-            if step:
-                self.report.count_replacement()
-            return candidate
-        raise DatasetError(f"None of the {count} files of this split can be decoded (e.g. {self.paths[0]}: "
-                           f"{self.report.corrupt.get(self.paths[0], 'unreadable')})")
+        """The position decoded into `images[slot]`, -1 when nothing of the split decodes."""
+        decoded = decode_replacing(self.paths, position, self.policy, images[slot],
+                                   lambda i: self.report.is_corrupt(self.paths[i]),
+                                   lambda i, reason: self.report.add(self.paths[i], reason))
+        return -1 if decoded is None else decoded
 
     def prepare(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         return self.load(self.indices(index))
@@ -177,13 +202,14 @@ class StreamingBatches(PrefetchedBatches):
 
 def _loaded_batches(stream: StreamingBatches, count: int):
     """(batch index, uint8 images, positions used) for batches 0..count-1 of a shuffle=False stream, decoded
-    by the stream's threads at most its look-ahead depth ahead (bounded memory, file order)."""
+    by the stream's threads (or by its decoder processes, fed by those threads) at most its look-ahead
+    depth ahead (bounded memory, file order)."""
     try:
         for index in range(count):
             images, used = stream.prepared(index)
             yield index, images, used
     finally:
-        stream.close()  # nothing decoded past `count` is kept
+        stream.drop_ahead()  # nothing decoded past `count` is kept
 
 
 def decode_split(stream: StreamingBatches, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,15 +258,19 @@ class StreamedDataset(DatasetIndex):
     policy: PreprocessPolicy | None = None
     workers: int | None = None
     report: StreamReport = field(default_factory=StreamReport)
+    decoder: str = "auto"
 
     @classmethod
-    def from_index(cls, index: DatasetIndex, policy: PreprocessPolicy, workers: int | None = None) -> StreamedDataset:
+    def from_index(cls, index: DatasetIndex, policy: PreprocessPolicy, workers: int | None = None,
+                   decoder: str = "auto") -> StreamedDataset:
         return cls(root=index.root, labels=index.labels, train=index.train, val=index.val, test=index.test,
                    skipped=list(index.skipped), explicit_splits=index.explicit_splits, file_sizes=index.file_sizes,
-                   policy=policy, workers=workers)
+                   policy=policy, workers=workers, decoder=decoder)
 
     def stream(self, split: IndexedSplit, batch_size: int, **options) -> StreamingBatches:
-        return StreamingBatches(split, self.policy, batch_size, workers=self.workers, report=self.report, **options)
+        """A stream of `split` (close it when done: with decoder processes it holds a pool of them)."""
+        return StreamingBatches(split, self.policy, batch_size, workers=self.workers, report=self.report,
+                                decoder=self.decoder, **options)
 
     def record_corrupt(self) -> None:
         """Add the corrupt files found so far to `skipped` (once each)."""
@@ -265,24 +295,25 @@ class ReportCorruptFiles(keras.callbacks.Callback):
 
 
 def benchmark_streaming(split: IndexedSplit, policy: PreprocessPolicy, *, workers: tuple[int, ...] = (1, 2, 4),
-                        batch_size: int = 32, batches: int | None = None, seed: int = 0,
+                        batch_size: int = 32, batches: int | None = None, seed: int = 0, decoder: str = "threads",
                         say=print) -> dict[int, float]:
-    """Images/s of the streaming loader for each worker count, consumed the way `fit` consumes it
-    (through Keras' PyDataset adapter), timed after the first batch (the threads' start). `batches` defaults to about 1,000 images per worker, so every count is timed for a while.
-    Says one line per worker count."""
+    """Images/s of the streaming loader for each worker count with `decoder` threads or processes, consumed
+    the way `fit` consumes it (through Keras' PyDataset adapter), timed after the first batch (the
+    decoders' start). `batches` defaults to about 1,000 images per worker, so every count is timed for a
+    while. Says one line per worker count."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter  # what fit wraps it in
 
     results: dict[int, float] = {}
     for count in workers:
-        stream = StreamingBatches(split, policy, batch_size, seed=seed, workers=count, dtype="uint8")
-        adapter = PyDatasetAdapter(stream, shuffle=False)
-        iterator = adapter.get_numpy_iterator()
-        next(iterator)  # start the threads outside the timing
-        started, images = time.perf_counter(), 0
-        for _ in range(batches or max(8, -(-1000 * count // batch_size))):
-            images += len(next(iterator)[0])
-        results[count] = images / (time.perf_counter() - started)
-        stream.close()
-        say(f"streaming loader, {policy.width}x{policy.height}, batch {batch_size}, {count} worker(s): "
+        with StreamingBatches(split, policy, batch_size, seed=seed, workers=count, dtype="uint8",
+                              decoder=decoder) as stream:
+            adapter = PyDatasetAdapter(stream, shuffle=False)
+            iterator = adapter.get_numpy_iterator()
+            next(iterator)  # start the decoders outside the timing
+            started, images = time.perf_counter(), 0
+            for _ in range(batches or max(8, -(-1000 * count // batch_size))):
+                images += len(next(iterator)[0])
+            results[count] = images / (time.perf_counter() - started)
+        say(f"streaming loader, {policy.width}x{policy.height}, batch {batch_size}, {count} decoder {decoder}: "
             f"{results[count]:,.0f} images/s")
     return results

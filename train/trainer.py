@@ -26,6 +26,7 @@ from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES, Preproce
 from .augment import AugmentConfig
 from .checkpoint import STATE_FILE, RunState, assign_arrays, load_checkpoint, restore_best, work_dir
 from .dataset import Dataset, DatasetIndex, IndexedSplit, index_image_folder, load_image_folder
+from .decode_pool import DECODERS
 from .distribute import DISTRIBUTE_MODES
 from .model import ModelConfig, build_classifier, momentum_for, recalibrate_batchnorm, trainable_batchnorms, unfreeze
 from .run_dir import MODEL_FILE, RunInfo
@@ -72,7 +73,9 @@ class TrainConfig:
     class_weights: str = "none"  # or "balanced"
     tensorboard: bool = True
     data_in_memory: str = "auto"  # decode the folder into memory, or stream it from disk (see _load_data)
-    workers: int | None = None  # decode threads for loading or streaming; None: one per core (dataset.default_workers)
+    workers: int | None = None  # decoders for loading or streaming; None: one per core (dataset.default_workers)
+    # Streaming decodes in "threads" or "processes" ("auto": processes from 8 usable cores, see decode_pool.py).
+    decoder: str = "auto"
     mixed_precision: bool = False  # bf16 compute (Keras' "mixed_bfloat16"); the saved model is float32
     distribute: str = "auto"  # "auto", "none" or "data_parallel" (see distribute.py)
 
@@ -110,6 +113,8 @@ class TrainConfig:
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
                                          or self.workers < 1):
             raise ValueError(f"workers must be a positive integer or None (one per core), got {self.workers!r}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"Unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
         if self.data_in_memory not in DATA_IN_MEMORY_MODES:
             raise ValueError(f"Unknown data_in_memory {self.data_in_memory!r}; choose one of {', '.join(DATA_IN_MEMORY_MODES)}")
         if self.distribute not in DISTRIBUTE_MODES:
@@ -184,8 +189,8 @@ def training_model(classifier, config: TrainConfig):
     return keras.Model(inputs, classifier(x), name="training")
 
 
-# Options that do not change what is trained (decode threads): a run may resume with other values.
-_FREE_ON_RESUME = ("workers",)
+# Options that do not change what is trained (how pictures are decoded): a run may resume with other values.
+_FREE_ON_RESUME = ("workers", "decoder")
 
 
 def _check_resumable(state: RunState, config: dict, fingerprint: str, work: Path) -> None:
@@ -340,40 +345,45 @@ def _fit_phases(trained, classifier, dataset: DatasetIndex, config: TrainConfig,
     mid_phase = checkpoint is not None and not state.phase_done
     first = (state.phase + (0 if mid_phase else 1)) if checkpoint is not None else 0
     epoch = state.epoch
-    for index, phase in enumerate(config.phases()):
-        if index < first:
-            continue
-        if phase.name == "finetune":
-            unfreeze(classifier, config.model)
-        for layer in trainable_batchnorms(classifier):
-            layer.momentum = momentum_for(steps)
-        rate = learning_rate(phase.learning_rate, config.lr_schedule, phase.epochs, steps)
-        trained.compile(optimizer=keras.optimizers.Adam(rate), loss=classification_loss(config.label_smoothing),
-                        metrics=["accuracy"])
-        if mid_phase and index == state.phase:
-            # The optimizer's moments and step count continue too, not just the weights.
-            trained.optimizer.build(trained.trainable_variables)
-            assign_arrays(trained.optimizer.variables, checkpoint.optimizer_paths, checkpoint.optimizer_arrays,
-                          "optimizer")
-            phase_start = state.phase_start
-        else:
-            phase_start = epoch
-            monitor.start_phase()
-        phase_end = phase_start + phase.epochs
-        if progress and len(config.phases()) > 1:
-            print(f"Phase {index + 1}/{len(config.phases())} ({phase.name}): epochs {epoch + 1}-{phase_end}, "
-                  f"learning rate {phase.learning_rate:g}")
-        batches = _training_batches(dataset, config, epoch, weights)
-        if device_count > 1:
-            batches = pad_batches(batches, device_count)
-        trained.fit(
-            batches, steps_per_epoch=steps, initial_epoch=epoch, epochs=phase_end, validation_data=validation,
-            shuffle=False,  # the batches are already in their seeded order
-            callbacks=[*corrections,
-                       EpochEnd(state, monitor, classifier, work, index, phase_start, phase_end, writers)],
-            verbose=1 if progress else 0,
-        )
-        epoch = state.epoch
+    try:  # a stream holds decoder processes until it is closed, whether training ends or fails
+        for index, phase in enumerate(config.phases()):
+            if index < first:
+                continue
+            if phase.name == "finetune":
+                unfreeze(classifier, config.model)
+            for layer in trainable_batchnorms(classifier):
+                layer.momentum = momentum_for(steps)
+            rate = learning_rate(phase.learning_rate, config.lr_schedule, phase.epochs, steps)
+            trained.compile(optimizer=keras.optimizers.Adam(rate), loss=classification_loss(config.label_smoothing),
+                            metrics=["accuracy"])
+            if mid_phase and index == state.phase:
+                # The optimizer's moments and step count continue too, not just the weights.
+                trained.optimizer.build(trained.trainable_variables)
+                assign_arrays(trained.optimizer.variables, checkpoint.optimizer_paths, checkpoint.optimizer_arrays,
+                              "optimizer")
+                phase_start = state.phase_start
+            else:
+                phase_start = epoch
+                monitor.start_phase()
+            phase_end = phase_start + phase.epochs
+            if progress and len(config.phases()) > 1:
+                print(f"Phase {index + 1}/{len(config.phases())} ({phase.name}): epochs {epoch + 1}-{phase_end}, "
+                      f"learning rate {phase.learning_rate:g}")
+            stream = _training_batches(dataset, config, epoch, weights)
+            batches = pad_batches(stream, device_count) if device_count > 1 else stream
+            try:
+                trained.fit(
+                    batches, steps_per_epoch=steps, initial_epoch=epoch, epochs=phase_end,
+                    validation_data=validation, shuffle=False,  # the batches are already in their seeded order
+                    callbacks=[*corrections,
+                               EpochEnd(state, monitor, classifier, work, index, phase_start, phase_end, writers)],
+                    verbose=1 if progress else 0,
+                )
+            finally:
+                _close_stream(stream)
+            epoch = state.epoch
+    finally:
+        _close_stream(validation)
 
 
 def preview_augmentation(data_dir: str | os.PathLike, path: str | os.PathLike, config: TrainConfig, *,
@@ -426,7 +436,7 @@ def _load_data(index: DatasetIndex, config: TrainConfig, progress: bool) -> Data
         if config.data_in_memory == "auto":
             log.info("Streaming the images from disk: decoded they would take %.1f GB (more than %.1f GB)",
                      size / 1e9, IN_MEMORY_LIMIT_BYTES / 1e9)
-        return StreamedDataset.from_index(index, config.policy, workers=config.workers)
+        return StreamedDataset.from_index(index, config.policy, workers=config.workers, decoder=config.decoder)
     return load_image_folder(index.root, config.policy, val_fraction=config.val_fraction,
                              test_fraction=config.test_fraction, seed=config.seed, workers=config.workers,
                              progress=progress)
@@ -451,6 +461,13 @@ def _validation_data(dataset: DatasetIndex, config: TrainConfig, device_count: i
     return dataset.stream(dataset.val, config.batch_size, shuffle=False, pad_multiple=device_count, dtype="uint8")
 
 
+def _close_stream(data) -> None:
+    """Stop a stream's decoder processes (in-memory data and threads have nothing to stop)."""
+    close = getattr(data, "close", None)
+    if close is not None:
+        close()
+
+
 def _stream_callbacks(dataset: DatasetIndex) -> list:
     if isinstance(dataset, Dataset):
         return []
@@ -465,8 +482,8 @@ def _calibration_images(dataset: DatasetIndex, batch_size: int) -> np.ndarray:
         return dataset.train.images
     from .streaming import decode_split
 
-    images, _, _ = decode_split(dataset.stream(dataset.train, batch_size, shuffle=False, dtype="uint8"),
-                                limit=batch_size * _RECALIBRATION_BATCHES)
+    with dataset.stream(dataset.train, batch_size, shuffle=False, dtype="uint8") as stream:
+        images, _, _ = decode_split(stream, limit=batch_size * _RECALIBRATION_BATCHES)
     return images
 
 
@@ -478,6 +495,7 @@ def _predict_heldout(classifier, dataset: DatasetIndex, heldout):
         return np.argmax(scores, axis=1), heldout
     from .streaming import predict_split
 
-    predicted, positions = predict_split(classifier, dataset.stream(heldout, 64, shuffle=False, dtype="uint8"))
+    with dataset.stream(heldout, 64, shuffle=False, dtype="uint8") as stream:
+        predicted, positions = predict_split(classifier, stream)
     dataset.record_corrupt()
     return predicted, IndexedSplit([heldout.paths[i] for i in positions], heldout.labels[positions])

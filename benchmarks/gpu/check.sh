@@ -28,9 +28,11 @@ python3 -c "import jax, keras, cv2, numpy; print('jax', jax.__version__, jax.dev
 want throughput && step "throughput" && timeout 160 python3 -m edgevision.train.bench throughput --backbone mobilenet_v2 --alpha 1.0 --input-size 224 \
     --batch-size 256 --steps 40 --warmup 5 --mixed-precision --json "$OUT/throughput-bf16.json"
 
-# 2. Fed from JPEG files on disk: decode images/s per core and with 4/8/16 threads, then the same training
-#    step (with augmentation) fed from memory and streamed from 4,096 500x375 JPEGs.
-want streaming && step "streaming" && timeout 200 python3 -m edgevision.train.bench streaming --out /tmp/sb --images 4096 --workers 1,4,8,16 \
+# 2. Fed from JPEG files on disk: decode images/s per core and with 8/16 decoders, in threads and in
+#    processes, then the same training step (with augmentation) fed from memory and streamed from 4,096
+#    500x375 JPEGs by each decoder.
+want streaming && step "streaming" && timeout 240 python3 -m edgevision.train.bench streaming --out /tmp/sb --images 4096 --workers 1,8,16 \
+    --decoder threads,processes \
     --backbone mobilenet_v2 --alpha 1.0 --input-size 224 --batch-size 256 --steps 30 --warmup 5 \
     --mixed-precision --json "$OUT/streaming-bf16.json"
 
