@@ -462,7 +462,7 @@ def _validation_data(dataset: DatasetIndex, config: TrainConfig, device_count: i
 
 
 def _close_stream(data) -> None:
-    """Stop a stream's decoder processes (in-memory data and threads have nothing to stop)."""
+    """Stop a dataset's prefetching threads and decoder processes (in-memory arrays have nothing to stop)."""
     close = getattr(data, "close", None)
     if close is not None:
         close()
