@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--images", type=int, default=1024, help="how many photos to write")
     st.add_argument("--photo-size", default="500x375", help="WIDTHxHEIGHT of the photos (default: ImageNet-like)")
     st.add_argument("--input-size", type=int, default=224)
-    st.add_argument("--workers", default=None, help="comma-separated decode thread counts to time "
+    st.add_argument("--workers", default=None, help="comma-separated decoder counts to time "
                     "(default: 1, half the cores, all)")
     st.add_argument("--augment", default="light", help="augmentation preset for the training step")
     st.add_argument("--decoder", default="threads,processes",
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             counts = tuple(int(c) for c in args.workers.split(",")) if args.workers else None
         except ValueError:
-            parser.error(f"--workers {args.workers!r} is not a comma-separated list of thread counts, e.g. 1,4,16")
+            parser.error(f"--workers {args.workers!r} is not a comma-separated list of decoder counts, e.g. 1,4,16")
         decoders = tuple(d.strip() for d in args.decoder.split(",") if d.strip())
         try:
             figures = streaming(args.out, images=args.images, photo_size=(int(width), int(height)),

@@ -70,9 +70,8 @@ MAX_DEFAULT_WORKERS = 32  # 32 cores decode ~30,000 224-px photos/s: past that t
 
 
 def default_workers() -> int:
-    """Decode threads: one per core this process may use, at most MAX_DEFAULT_WORKERS. OpenCV's decode and
-    resize release the GIL, so threads scale with cores (`python -m edgevision.train.bench streaming`
-    measures it) and share the batch arrays instead of pickling them between processes."""
+    """Decoders (threads, or processes when streaming on many cores): one per core this process may use,
+    at most MAX_DEFAULT_WORKERS (`python -m edgevision.train.bench streaming` measures how they scale)."""
     try:
         cores = len(os.sched_getaffinity(0))  # honours taskset / container CPU sets
     except AttributeError:  # not on Linux

@@ -69,6 +69,12 @@ class PrefetchedBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         return self.assemble(index, self.prepared(index))
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def drop_ahead(self) -> None:
         """Forget the batches prepared ahead (those not started yet are not prepared at all)."""
         for future in self._ahead.values():
