@@ -453,8 +453,8 @@ def test_streaming_benchmark_compares_decode_rates_and_streamed_with_in_memory_t
 
     out = tmp_path / "figures.json"
     assert main(["streaming", "--out", str(tmp_path / "sb"), "--images", "32", "--photo-size", "80x60",
-                 "--input-size", "32", "--workers", "1,2", "--batch-size", "8", "--steps", "2", "--warmup", "1",
-                 "--json", str(out)]) == 0
+                 "--input-size", "32", "--workers", "1,2", "--train-workers", "1,2", "--decoder", "threads",
+                 "--batch-size", "8", "--steps", "2", "--warmup", "1", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["photos"] == 32 and figures["photo_size"] == "80x60"
     assert set(figures["decode_images_per_s"]) == {"1", "2"}
@@ -462,6 +462,8 @@ def test_streaming_benchmark_compares_decode_rates_and_streamed_with_in_memory_t
     assert figures["images_timed"] == 16 and figures["cpu"]
     ratio = figures["train_images_per_s_streamed"] / figures["train_images_per_s_in_memory"]
     assert abs(figures["streamed_vs_in_memory"] - ratio) < 1e-2
+    by_workers = figures["train_images_per_s_streamed_threads_by_workers"]
+    assert set(by_workers) == {"1", "2"} and figures["train_images_per_s_streamed"] == max(by_workers.values())
     assert capsys.readouterr().out.count("images/s") >= 2
     with pytest.raises(SystemExit):
         main(["streaming", "--out", str(tmp_path / "sb"), "--photo-size", "500by375"])

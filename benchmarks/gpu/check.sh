@@ -30,9 +30,9 @@ want throughput && step "throughput" && timeout 160 python3 -m edgevision.train.
 
 # 2. Fed from JPEG files on disk: decode images/s per core and with 8/16 decoders, in threads and in
 #    processes, then the same training step (with augmentation) fed from memory and streamed from 4,096
-#    500x375 JPEGs by each decoder.
+#    500x375 JPEGs by 8, 12 and 16 decoders of each kind.
 want streaming && step "streaming" && timeout 240 python3 -m edgevision.train.bench streaming --out /tmp/sb --images 4096 --workers 1,8,16 \
-    --decoder threads,processes \
+    --decoder processes,threads --train-workers 8,12,16 \
     --backbone mobilenet_v2 --alpha 1.0 --input-size 224 --batch-size 256 --steps 30 --warmup 5 \
     --mixed-precision --json "$OUT/streaming-bf16.json"
 
