@@ -99,7 +99,8 @@ def _add_train(sub) -> None:
                    help="decode every image into memory (auto: when it fits in 2 GiB) or stream batches from "
                    "disk with parallel decoding")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="decoders for loading or streaming the images (default: one per core, at most 32)")
+                   help="decoders for loading or streaming the images (default: loading, one per core, at most 32; "
+                        "streaming, one per core up to 8 threads, or processes on three cores of four)")
     p.add_argument("--decoder", default="auto", choices=DECODERS,
                    help="streamed images are decoded in threads or in separate processes, which keep scaling on "
                         "many cores (auto: processes from 8 usable cores)")

@@ -403,6 +403,19 @@ def test_decode_threads_follow_the_usable_cores_up_to_the_cap(monkeypatch):
     assert (stream.threads, stream.depth) == (5, 10)
 
 
+def test_streams_default_to_the_decoder_counts_measured_best(monkeypatch):
+    from edgevision.train import dataset
+
+    split = IndexedSplit(["x.jpg"] * 4, np.zeros(4, np.int64))
+    for cores, threads, processes in ((2, 2, 2), (16, 8, 12), (32, 8, 24)):
+        monkeypatch.setattr(dataset.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+        assert StreamingBatches(split, PreprocessPolicy(8, 8), 2, decoder="threads").decoders == threads
+        with StreamingBatches(split, PreprocessPolicy(8, 8), 2, decoder="processes") as stream:
+            assert stream.decoders == processes
+        auto = StreamingBatches(split, PreprocessPolicy(8, 8), 2)
+        assert (auto.decoder, auto.decoders) == (("threads", 2) if cores < 8 else ("processes", processes))
+
+
 def test_batches_read_by_many_threads_in_any_order_are_the_sequential_ones():
     from concurrent.futures import ThreadPoolExecutor
 

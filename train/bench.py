@@ -212,7 +212,7 @@ def streaming(out: str | Path, *, images: int = 1024, photo_size: tuple[int, int
        `decoders` ("threads", "processes"): `decode_images_per_s_<decoder>`.
     2. Training: images/s of the same model's real training step fed from memory (the folder decoded
        once, `ShuffledBatches`) and streamed from the JPEGs (`StreamingBatches`) by each of `decoders`
-       with each of `train_worker_counts` decoders (default: one per usable core), in the same process:
+       with each of `train_worker_counts` decoders (default: the stream's default), in the same process:
        `train_images_per_s_streamed_<decoder>_by_workers`; `train_images_per_s_streamed_<decoder>` is
        the best of them and `streamed_vs_in_memory_<decoder>` its ratio to in-memory.
 
@@ -260,7 +260,7 @@ def streaming(out: str | Path, *, images: int = 1024, photo_size: tuple[int, int
     config = ModelConfig(backbone=backbone, alpha=alpha, input_size=input_size, weights="none", mode="scratch")
     model = _compiled_training_model(config, len(index.labels), AugmentConfig.preset(augment))
     figures.update(backbone=backbone, alpha=config.alpha, batch_size=batch_size, augment=augment,
-                   mixed_precision=mixed_precision, images_timed=batch_size * steps, workers=cores)
+                   mixed_precision=mixed_precision, images_timed=batch_size * steps)
     # Whole batches only (a short last batch would compile another step): both feeds see the same shapes.
     usable = len(memory.train) - len(memory.train) % batch_size
     in_memory = ShuffledBatches(memory.train.images[:usable], memory.train.labels[:usable], batch_size, seed=0)
@@ -269,9 +269,10 @@ def streaming(out: str | Path, *, images: int = 1024, photo_size: tuple[int, int
     whole = IndexedSplit(index.train.paths[:usable], index.train.labels[:usable])
     for decoder in decoders:
         rates = {}
-        for count in train_worker_counts or (cores,):
+        for count in train_worker_counts or (None,):  # None: the stream's default count
             with StreamingBatches(whole, policy, batch_size, seed=0, dtype="uint8", decoder=decoder,
                                   workers=count) as streamed:
+                count = streamed.decoders
                 rates[str(count)] = round(timed_fit(model, streamed, steps=steps, warmup=warmup,
                                                     batch_size=batch_size), 1)
             say(f"training streamed by {count} decoder {decoder}: {rates[str(count)]:,.0f} images/s")
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--workers", default=None, help="comma-separated decoder counts to time "
                     "(default: 1, half the cores, all)")
     st.add_argument("--train-workers", default=None, help="comma-separated decoder counts to stream training "
-                    "with (default: one per usable core)")
+                    "with (default: the stream's default for the machine)")
     st.add_argument("--augment", default="light", help="augmentation preset for the training step")
     st.add_argument("--decoder", default="threads,processes",
                     help="comma-separated decoders to compare: threads, processes (default: both)")

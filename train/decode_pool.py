@@ -37,12 +37,16 @@ import numpy as np
 
 from edgevision.runtime.preprocess import ImageDecodeError, PreprocessPolicy, load_and_prepare
 
-__all__ = ["DECODERS", "DecodePool", "chunk_rows", "decode_replacing", "resolve_decoder"]
+__all__ = ["DECODERS", "DecodePool", "chunk_rows", "decode_replacing", "default_stream_decoders", "resolve_decoder"]
 
 DECODERS = ("auto", "threads", "processes")
 # "auto" decodes in processes from this many usable cores: below it threads scale about linearly and
 # the processes' start (a second or two) is not worth it.
 PROCESSES_FROM_CORES = 8
+# Streaming into training on a 16-core H200 host (`python -m edgevision.train.bench streaming
+# --train-workers ...`): decoder threads peaked at 8 (2,873 images/s; 16 gave 1,708: the GIL), processes at
+# 12 (5,873-6,422; 16 gave 3,605): the training process's own threads need the remaining cores.
+MAX_STREAM_THREADS = 8
 MAX_CHUNK = 32  # pictures per request to a process: small enough that one batch spreads over many cores
 HEAVY_MODULES = ("keras", "jax", "jaxlib", "tensorflow", "torch")
 
@@ -54,6 +58,14 @@ def resolve_decoder(decoder: str, cores: int) -> str:
     if decoder != "auto":
         return decoder
     return "processes" if cores >= PROCESSES_FROM_CORES else "threads"
+
+
+def default_stream_decoders(decoder: str, cores: int) -> int:
+    """Decoders for streaming into training when none is asked for: threads, one per core up to
+    MAX_STREAM_THREADS; processes, three per four cores (the rest are the training process's)."""
+    if resolve_decoder(decoder, cores) == "threads":
+        return max(1, min(cores, MAX_STREAM_THREADS))
+    return max(1, cores - cores // 4)
 
 
 def chunk_rows(batch_size: int, processes: int) -> int:

@@ -32,7 +32,7 @@ import keras
 from edgevision.runtime.preprocess import PreprocessPolicy
 
 from .dataset import DatasetError, DatasetIndex, IndexedSplit, SkippedFile, default_workers
-from .decode_pool import DecodePool, chunk_rows, decode_replacing, resolve_decoder
+from .decode_pool import DecodePool, chunk_rows, decode_replacing, default_stream_decoders, resolve_decoder
 from .pipeline import PrefetchedBatches, epoch_batch
 
 __all__ = ["StreamReport", "StreamingBatches", "StreamedDataset", "ReportCorruptFiles", "decode_split",
@@ -87,8 +87,8 @@ class StreamingBatches(PrefetchedBatches):
     `steps_per_epoch`). shuffle=False: one pass in file order (validation, evaluation). Images are
     (B, H, W, 3) float32 0-255 or uint8 (`dtype`); the last batch of an epoch may be smaller.
 
-    `workers` decoders (one per usable core by default) are threads, or processes (`decoder`; "auto":
-    processes from PROCESSES_FROM_CORES usable cores). Decoder processes start on first use and stop
+    `workers` decoders are threads, or processes (`decoder`; "auto": processes from PROCESSES_FROM_CORES
+    usable cores); by default as many as measured best (`decode_pool.default_stream_decoders`). Decoder processes start on first use and stop
     with `close()` or at the end of a `with` block.
     """
 
@@ -96,7 +96,8 @@ class StreamingBatches(PrefetchedBatches):
                  shuffle: bool = True, first_epoch: int = 0, weights: np.ndarray | None = None,
                  workers: int | None = None, dtype: str = "float32", report: StreamReport | None = None,
                  ahead: int | None = None, pad_multiple: int = 1, decoder: str = "auto"):
-        workers = default_workers() if workers is None else workers
+        cores = default_workers()
+        workers = default_stream_decoders(decoder, cores) if workers is None else workers
         if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
             raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -107,7 +108,7 @@ class StreamingBatches(PrefetchedBatches):
             raise ValueError("There are no images to stream")
         if pad_multiple < 1 or (pad_multiple > 1 and shuffle):
             raise ValueError(f"pad_multiple must be at least 1, and 1 for a shuffled stream; got {pad_multiple!r}")
-        self.decoder = resolve_decoder(decoder, default_workers())
+        self.decoder = resolve_decoder(decoder, cores)
         self.decoders = int(workers)
         threads = self.decoders if self.decoder == "threads" else PROCESS_FEEDERS
         # Batches prepared ahead: at least one per thread, or some threads idle while the step waits for
