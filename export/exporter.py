@@ -18,10 +18,12 @@ from typing import Callable
 import numpy as np
 
 from edgevision.runtime.atomic import atomic_directory, refuse_inputs
+from edgevision.runtime.engines import usable_cpus
 from edgevision.runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, Artifact, Bundle, TensorSpec, file_sha256
 from edgevision.runtime.preprocess import ImageDecodeError, load_and_prepare
 from edgevision.train.run_dir import RunInfo
 
+from .agreement import too_few_warning
 from .calibration import CalibrationError, QuantizationConfig, calibration_images
 
 log = logging.getLogger("edgevision.export")
@@ -191,9 +193,15 @@ def load_heldout(info: RunInfo) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def _latency_ms(classifier, images: np.ndarray, repeats: int = 30) -> float:
+LATENCY_WARMUP, LATENCY_REPEATS = 5, 30
+
+
+def _latency_ms(classifier, images: np.ndarray, repeats: int = LATENCY_REPEATS) -> float:
+    """Batch-1 median over `repeats` runs, after LATENCY_WARMUP untimed ones (the first invokes allocate
+    and pack weights)."""
     one = images[:1]
-    classifier.predict(one)  # warm-up: first invoke allocates
+    for _ in range(LATENCY_WARMUP):
+        classifier.predict(one)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -203,13 +211,21 @@ def _latency_ms(classifier, images: np.ndarray, repeats: int = 30) -> float:
 
 
 def _parity(classifier, images, labels, reference: np.ndarray) -> dict:
+    from .agreement import compare
+
     probs = np.concatenate([classifier.predict(images[i : i + 64]) for i in range(0, len(images), 64)])
     top = probs.argmax(axis=1)
+    agreement = compare(reference, probs, labels)
     return {
         "heldout_images": int(len(images)),
         "accuracy": float(np.mean(top == labels)),
         "reference_accuracy": float(np.mean(reference.argmax(axis=1) == labels)),
-        "agreement": float(np.mean(top == reference.argmax(axis=1))),
+        "agreement": agreement.rate,
+        # How far to trust the rate (95% Wilson interval), and what the changed answers did.
+        "agreement_interval_95": [agreement.lower, agreement.upper],
+        "changed_answers": {"total": agreement.changed, "right_to_wrong": agreement.right_to_wrong,
+                            "wrong_to_right": agreement.wrong_to_right,
+                            "wrong_to_other_wrong": agreement.wrong_to_other_wrong, "ties": agreement.changed_ties},
         "max_prob_error": float(np.max(np.abs(probs - reference))),
         "latency_ms_p50": _latency_ms(classifier, images),
     }
@@ -233,18 +249,26 @@ def _write_report(folder: Path, bundle: Bundle, info: RunInfo) -> None:
         f"resize {bundle.preprocess.resize}, {bundle.preprocess.interpolation} interpolation  ",
         f"Backbone: {info.model.get('backbone')} (alpha {info.model.get('alpha')}, weights {info.model.get('weights')})",
         "",
-        "| artifact | size | accuracy | Keras accuracy | top-1 agreement | max prob error | latency p50 | gate |",
-        "|---|---|---|---|---|---|---|---|",
+        "| artifact | size | accuracy | Keras accuracy | top-1 agreement (95% interval) | changed: right→wrong / "
+        "wrong→right / wrong→other | max prob error | latency p50 | gate |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, artifact in bundle.artifacts.items():
         m = artifact.metrics
+        low, high = m["agreement_interval_95"]
+        changed = m["changed_answers"]
         lines.append(
             f"| {name} | {artifact.bytes / 1e6:.2f} MB | {m['accuracy']:.2%} | {m['reference_accuracy']:.2%} | "
-            f"{m['agreement']:.2%} | {m['max_prob_error']:.2e} | {m['latency_ms_p50']:.2f} ms | "
+            f"{m['agreement']:.2%} ({low:.1%}-{high:.1%}) | {changed['right_to_wrong']} / {changed['wrong_to_right']} / "
+            f"{changed['wrong_to_other_wrong']} | {m['max_prob_error']:.2e} | {m['latency_ms_p50']:.2f} ms | "
             f"{'pass' if m['passed'] else 'FAIL'} (>= {m['min_agreement']:.1%}) |"
         )
-    lines += ["", f"Measured on {bundle.artifacts[bundle.default_artifact].metrics['heldout_images']} held-out "
-              "images through edgevision.runtime's Classifier, batch-1 latency on this machine."]
+        if m.get("too_few_images"):
+            lines.append(f"|  | {m['too_few_images']} | | | | | | | |")
+    default = bundle.artifacts[bundle.default_artifact].metrics
+    lines += ["", f"Measured on {default['heldout_images']} held-out images through edgevision.runtime's Classifier; "
+              f"latency: batch 1, {default.get('latency_threads', '?')} threads, median of {LATENCY_REPEATS} runs after "
+              f"{LATENCY_WARMUP} warm-up runs, on this machine."]
     exported = bundle.provenance.get("export", {})
     fold = exported.get("batchnorm_fold")
     if fold:
@@ -414,8 +438,15 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, formats=("
             kind = ARTIFACT_KINDS[fmt]
             log.info("checking %s against the trained model", kind.file)
             metrics = _parity(Classifier(bundle, artifact=kind.file, threads=threads), images, labels, reference)
+            metrics["latency_threads"] = threads or usable_cpus()
             metrics["min_agreement"] = kind.min_agreement
             metrics["passed"] = metrics["agreement"] >= kind.min_agreement
+            # (a gate of 0 or 1 has no interval to speak of: every or no image set passes it)
+            warning = (too_few_warning(metrics["heldout_images"], kind.min_agreement)
+                       if 0 < kind.min_agreement < 1 else None)
+            if warning:
+                metrics["too_few_images"] = warning
+                log.warning("%s: %s", kind.file, warning)
             bundle.artifacts[kind.file] = replace(artifacts[kind.file], metrics=metrics)
             result.metrics[kind.file] = metrics
             if not metrics["passed"]:
