@@ -29,8 +29,9 @@ class QuantizationConfig:
     """How int8 artifacts are made.
 
     calibration_images: how many representative images to calibrate on (at most; fewer if the run has
-    fewer training images). io_dtype: input and output type of the int8 TFLite model, "uint8" (raw
-    camera pixels go in with scale 1 / zero-point 0) or "int8". onnx_types: activation/weight types of
+    fewer training images). io_dtype: the int8 TFLite model's interface, "uint8" (raw camera pixels go
+    in with scale 1 / zero-point 0, float32 probabilities come out of a float softmax) or "int8" (int8 in
+    and out, the softmax quantized too). onnx_types: activation/weight types of
     the ONNX QDQ model ("u8u8", "s8s8", "u8s8"; see export/onnx.py). seed: which images are drawn.
     """
 

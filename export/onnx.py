@@ -23,9 +23,11 @@ OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
 ONNX_METADATA_KEY = "edgevision.bundle"
-# Activation x weight types for static int8. U8S8 (onnxruntime's default) saturates on x86 CPUs with
-# AVX2 but without VNNI and lost a quarter of the top-1 agreement when measured; S8S8 measured best
-# in QDQ form on this machine (README "Measured: export").
+# Activation x weight types for static int8. U8S8 (onnxruntime's default) is the fastest where the CPU
+# has int8 dot products (AVX-512 VNNI: 1.7x faster than fp32 on EfficientNet-Lite0 96 px) but saturates
+# on x86 CPUs with AVX2 and no VNNI (a quarter of the top-1 agreement lost when measured). S8S8 is turned
+# into U8S8 by onnxruntime's x86 loader, which misses the pairs around residual Adds: 14 convolutions and
+# every Add of Lite0 then ran in float. U8U8 behaves the same on every CPU: the default.
 ONNX_INT8_TYPES = {"s8s8": ("QInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8"), "u8s8": ("QUInt8", "QInt8")}
 
 
@@ -103,7 +105,7 @@ class _Reader:
         return None if image is None else {INPUT_NAME: image[None].astype(np.float32)}
 
 
-def to_onnx_int8(fp32: bytes, images: np.ndarray, types: str = "s8s8",
+def to_onnx_int8(fp32: bytes, images: np.ndarray, types: str = "u8u8",
                  metadata: dict[str, str] | None = None) -> bytes:
     """Static int8 in QDQ form: per-channel int8 weights, activations calibrated (MinMax) on `images`
     ((N, H, W, 3) uint8 through the runtime's preprocessing). Input and output stay float32."""
@@ -127,6 +129,41 @@ def to_onnx_int8(fp32: bytes, images: np.ndarray, types: str = "s8s8",
             activation_type=getattr(QuantType, activation), weight_type=getattr(QuantType, weight),
         )
         proto = onnx.load(target)
+    uniform_weight_zero_points(proto)
     proto.producer_name = "edgevision"
     set_metadata(proto, metadata or {})
     return proto.SerializeToString()
+
+
+def uniform_weight_zero_points(proto) -> int:
+    """Give every channel of a per-channel uint8 weight the same zero point; returns how many changed.
+
+    onnxruntime's quantizer gives an all-zero weight channel (BatchNorm folding leaves a few in
+    EfficientNet-Lite0's depthwise convolutions) scale 1 and zero point 0, where every other channel of a
+    symmetric uint8 weight has 128; a convolution with mixed zero points runs on onnxruntime's slow
+    generic kernel (5 such convolutions took 74% of Lite0's int8 run time, 4x slower than fp32). An
+    all-zero channel is exact with any zero point, so it takes the common one."""
+    from onnx import numpy_helper
+
+    initializers = {i.name: i for i in proto.graph.initializer}
+    changed = 0
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            continue
+        weight, zero_point = initializers.get(node.input[0]), initializers.get(node.input[2])
+        if weight is None or zero_point is None:
+            continue
+        points = numpy_helper.to_array(zero_point).copy()
+        if points.ndim != 1 or len(np.unique(points)) < 2:
+            continue
+        values, counts = np.unique(points, return_counts=True)
+        common = values[counts.argmax()]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        quantized = np.moveaxis(numpy_helper.to_array(weight).copy(), axis, 0)
+        for channel in np.nonzero(points != common)[0]:
+            if np.all(quantized[channel] == points[channel]):  # every weight is zero
+                quantized[channel], points[channel] = common, common
+                changed += 1
+        weight.CopyFrom(numpy_helper.from_array(np.moveaxis(quantized, 0, axis), weight.name))
+        zero_point.CopyFrom(numpy_helper.from_array(points, zero_point.name))
+    return changed

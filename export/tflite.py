@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -21,15 +24,57 @@ log = logging.getLogger("edgevision.export")
 TFLITE_METADATA_NAME = "edgevision.bundle"
 
 
-def _convert(converter) -> bytes:
-    # Keras prints the whole SavedModel signature while converting; keep it for --verbose only.
+class _ToDebug(logging.Filter):
+    """Moves the converter's Python log records (it logs to the root logger) to edgevision's debug log.
+    "Quantized bias ... exceeds the range of a int32" is one: the quantizer then widens that channel's
+    weight scale so the bias fits (tests/test_quantization.py checks every bias of every backbone)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        log.debug("converter: %s", record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def _converter_output_to_debug():
+    """Keras prints the whole SavedModel signature while converting and the quantizer prints its settings
+    from C++: both go to the debug log (--verbose), not the terminal."""
     chatter = io.StringIO()
-    with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
-        # "Statistics for quantized inputs were expected": not needed for raw uint8 pixels.
-        warnings.simplefilter("ignore", UserWarning)
-        data = converter.convert()
-    log.debug("converter output:\n%s", chatter.getvalue())
-    return data
+    root = logging.getLogger()
+    quiet = _ToDebug()
+    root.addFilter(quiet)
+    for handler in root.handlers:
+        handler.addFilter(quiet)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = []
+    with tempfile.TemporaryFile() as held:
+        try:
+            for fd in (1, 2):
+                try:
+                    saved.append((fd, os.dup(fd)))
+                    os.dup2(held.fileno(), fd)
+                except OSError:  # no such descriptor to quiet
+                    pass
+            with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+                # "Statistics for quantized inputs were expected": not needed for raw uint8 pixels.
+                warnings.simplefilter("ignore", UserWarning)
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            root.removeFilter(quiet)
+            for handler in root.handlers:
+                handler.removeFilter(quiet)
+            held.seek(0)
+            log.debug("converter output:\n%s%s", chatter.getvalue(), held.read().decode(errors="replace"))
+
+
+def _convert(converter) -> bytes:
+    with _converter_output_to_debug():
+        return converter.convert()
 
 
 def _converter(model):
@@ -65,22 +110,73 @@ def to_tflite_dynamic(model) -> bytes:
 
 
 def to_tflite_int8(model, images: np.ndarray, io_dtype: str = "uint8") -> bytes:
-    """Full-integer int8: per-channel int8 weights (TFLite's default for convolutions), int8
-    activations calibrated on `images` ((N, H, W, 3) uint8, prepared by the runtime's preprocessing),
-    and `io_dtype` ("uint8" or "int8") input and output."""
-    import tensorflow as tf
+    """Full-integer int8 (every layer int8; see Int8Quantizer for the details and for keeping layers
+    in float)."""
+    return Int8Quantizer(model, images).quantize((), io_dtype)
 
-    def representative():
-        for image in images:
-            yield [image[None].astype(np.float32)]
 
-    converter = _converter(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = {"uint8": tf.uint8, "int8": tf.int8}[io_dtype]
-    converter.inference_output_type = converter.inference_input_type
-    return _convert(converter)
+class Int8Quantizer:
+    """Calibrate once, then write int8 models, optionally with chosen ops kept in float.
+
+    Weights are int8 per channel (TFLite's default for convolutions), activations int8 with ranges
+    calibrated (min-max) on `images` ((N, H, W, 3) uint8, prepared by the runtime's preprocessing).
+    `quantize(keep_float, io_dtype)`:
+    - io_dtype "uint8": uint8 input (raw camera pixels, scale 1 / zero-point 0, when the first op is
+      int8) and float32 probabilities out: the softmax runs in float, so two classes never tie the way
+      a uint8 softmax (steps of 1/256) makes close ones tie.
+    - io_dtype "int8": int8 input and output, softmax included (accelerators that take signed tensors).
+    - keep_float: names of ops (`ops()`, the output tensor names of the calibrated graph) that stay
+      float; the converter puts quantize / dequantize around them.
+    """
+
+    def __init__(self, model, images: np.ndarray):
+        import tensorflow as tf
+
+        def representative():
+            for image in images:
+                yield [image[None].astype(np.float32)]
+
+        converter = _converter(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter._experimental_calibrate_only = True  # the calibrated float graph, quantized below as asked
+        self.calibrated = _convert(converter)
+
+    def ops(self) -> list[tuple[str, str]]:
+        """(output tensor name, op type) of every op of the calibrated graph, in graph order."""
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_content=self.calibrated)
+        tensors = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+        return [(tensors[op["outputs"][0]], op["op_name"]) for op in interpreter._get_ops_details()
+                if len(op["outputs"])]
+
+    def quantize(self, keep_float=(), io_dtype: str = "uint8") -> bytes:
+        import tensorflow as tf
+        from tensorflow.lite.python import convert, util
+
+        if io_dtype not in ("uint8", "int8"):
+            raise ValueError(f"Unknown int8 input/output type {io_dtype!r}; choose one of uint8, int8")
+        keep = list(keep_float)
+        if io_dtype == "uint8":
+            keep += [name for name, kind in self.ops() if kind == "SOFTMAX"]
+        with _converter_output_to_debug():
+            content = convert.mlir_quantize(self.calibrated, disable_per_channel=False, fully_quantize=False,
+                                            enable_numeric_verify=False, denylisted_nodes=keep or None)
+        input_type = {"uint8": tf.uint8, "int8": tf.int8}[io_dtype]
+        if not _input_is_quantized(content):
+            input_type = tf.float32  # the first op was kept in float: it takes float pixels (0-255)
+        output_type = tf.float32 if io_dtype == "uint8" else tf.int8
+        return bytes(util.modify_model_io_type(content, input_type, output_type))
+
+
+def _input_is_quantized(content: bytes) -> bool:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content)
+    first = interpreter.get_input_details()[0]["index"]
+    return any(op["op_name"] == "QUANTIZE" and first in op["inputs"] for op in interpreter._get_ops_details())
 
 
 def op_names(content: bytes) -> list[str]:

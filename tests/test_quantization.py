@@ -1,0 +1,119 @@
+"""What int8 quantization does to each layer: biases that fit on every backbone (BatchNorm folding leaves
+near-dead channels whose weights round to a tiny per-channel scale), uniform weight zero points in the
+ONNX int8 graph, and ONNX int8 running on onnxruntime's int8 kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+pytest.importorskip("tensorflow")
+
+from edgevision.export.fold import fold_batchnorm  # noqa: E402
+from edgevision.train.backbones import BACKBONES  # noqa: E402
+from edgevision.train.model import ModelConfig, build_classifier  # noqa: E402
+
+SIZE = 32
+
+
+def _photos(count: int, size: int) -> np.ndarray:
+    import cv2
+    from skimage import data
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        side = int(rng.integers(min(photo.shape[:2]) // 3, min(photo.shape[:2])))
+        y, x = (int(rng.integers(0, photo.shape[d] - side + 1)) for d in (0, 1))
+        out.append(cv2.resize(photo[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA))
+    return np.stack(out)
+
+
+def _folded(backbone: str):
+    # EfficientNet-Lite0's ImageNet weights (installed offline) have the near-dead channels: BatchNorm
+    # variances of ~1e-8 leave folded weights of 1e-9 next to biases of about -1.
+    weights = "imagenet" if backbone == "efficientnet_lite0" else "none"
+    model = build_classifier(ModelConfig(backbone=backbone, input_size=SIZE, weights=weights,
+                                         mode="head" if weights == "imagenet" else "scratch"), 3)
+    folded, _ = fold_batchnorm(model)
+    return folded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_int8_bias_holds_its_float_value_after_folding(backbone):
+    """A saturated int32 bias would make its channel compute a wrong constant: every quantized bias of every
+    convolution must come back (scale * q) within half a step of its op's int8 output."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgevision.export.tflite import Int8Quantizer
+
+    folded = _folded(backbone)
+    interpreter = Interpreter(model_content=Int8Quantizer(folded, _photos(16, SIZE)).quantize())
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    layers = {layer.name: layer for layer in folded.layers}
+    checked = 0
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D") or len(op["inputs"]) < 3 or op["inputs"][2] < 0:
+            continue
+        weight, bias = tensors[op["inputs"][1]], tensors[op["inputs"][2]]
+        # The weight tensor is named after its Keras layer: ".../<layer>_1/..."
+        name = next(part.rsplit("_", 1)[0] for part in weight["name"].split("/") if part.rsplit("_", 1)[0] in layers)
+        expected = layers[name].get_weights()[1]
+        scales = bias["quantization_parameters"]["scales"]
+        quantized = interpreter.get_tensor(bias["index"]).astype(np.int64)
+        assert np.abs(quantized).max() < 2**31 - 1, f"{name}: a bias saturated int32"
+        # Where a bias would overflow, the quantizer widens that channel's scale and clamps the bias at 2^30:
+        # what is left must stay below half a step of the op's int8 output, i.e. invisible in it.
+        step = tensors[op["outputs"][0]]["quantization_parameters"]["scales"][0]
+        difference = quantized * scales - expected
+        # MobileNetV3's hard sigmoid, relu6(x + 3) / 6, has its + 3 fused into the squeeze-excite bias: a
+        # shift shared by every channel, unlike a saturated channel.
+        error = np.abs(difference - np.median(difference))
+        assert error.max() <= step / 2, (name, float(error.max()), float(step))
+        checked += 1
+    convolutions = sum(isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) for layer in folded.layers)
+    assert checked == convolutions > 10
+
+
+@pytest.mark.slow
+def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kernels(tmp_path):
+    """An all-zero weight channel (Lite0 has five after folding) got zero point 0 next to 128 from
+    onnxruntime's quantizer, which sends the convolution to a slow generic kernel."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edgevision.export.onnx import to_onnx_fp32, to_onnx_int8
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu6")(x)
+    depthwise = keras.layers.DepthwiseConv2D(3, activation="relu6")
+    x = depthwise(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    kernel, bias = depthwise.get_weights()
+    kernel[..., 2, 0] = 0.0  # a dead channel, as BatchNorm folding leaves them
+    depthwise.set_weights([kernel, bias])
+
+    content = to_onnx_int8(to_onnx_fp32(model), _photos(16, SIZE), "u8u8")
+    proto = onnx.load_from_string(content)
+    initializers = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    per_channel = [initializers[node.input[2]] for node in proto.graph.node
+                   if node.op_type == "DequantizeLinear" and len(node.input) == 3
+                   and initializers.get(node.input[2]) is not None and initializers[node.input[2]].ndim == 1]
+    assert per_channel and all(len(np.unique(points)) == 1 for points in per_channel)
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
+    ran = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "Conv" not in ran and ran.count("QLinearConv") == 2, ran
+    # and it still computes the model
+    photos = _photos(8, SIZE)
+    probs = session.run(None, {"image": photos.astype(np.float32)})[0]
+    assert np.abs(probs - model.predict(photos.astype(np.float32), verbose=0)).max() < 0.05
