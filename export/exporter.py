@@ -23,7 +23,7 @@ from edgevision.runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, Artifact, Bun
 from edgevision.runtime.preprocess import ImageDecodeError, load_and_prepare
 from edgevision.train.run_dir import RunInfo
 
-from .agreement import too_few_warning
+from .agreement import images_needed, too_few_warning
 from .calibration import CalibrationError, QuantizationConfig, calibration_images
 
 log = logging.getLogger("edgevision.export")
@@ -441,9 +441,11 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, formats=("
             metrics["latency_threads"] = threads or usable_cpus()
             metrics["min_agreement"] = kind.min_agreement
             metrics["passed"] = metrics["agreement"] >= kind.min_agreement
-            # (a gate of 0 or 1 has no interval to speak of: every or no image set passes it)
-            warning = (too_few_warning(metrics["heldout_images"], kind.min_agreement)
-                       if 0 < kind.min_agreement < 1 else None)
+            # Warn when the interval is wider than a point either way (or half the room the gate leaves):
+            # a set that cannot tell the gate from a point below it. A gate of 0 or 1 has no interval.
+            gate, total = kind.min_agreement, metrics["heldout_images"]
+            warning = (too_few_warning(total, gate)
+                       if 0 < gate < 1 and total < images_needed(gate, max((1 - gate) / 2, 0.01)) else None)
             if warning:
                 metrics["too_few_images"] = warning
                 log.warning("%s: %s", kind.file, warning)

@@ -26,8 +26,9 @@ TFLITE_METADATA_NAME = "edgevision.bundle"
 
 class _ToDebug(logging.Filter):
     """Moves the converter's Python log records (it logs to the root logger) to edgevision's debug log.
-    "Quantized bias ... exceeds the range of a int32" is one: the quantizer then widens that channel's
-    weight scale so the bias fits (tests/test_quantization.py checks every bias of every backbone)."""
+    Where a folded bias would not fit its int32 (near-dead channels), TFLite's quantizer widens that
+    channel's weight scale instead of clipping it (tests/test_quantization.py checks every bias of every
+    backbone)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         log.debug("converter: %s", record.getMessage())
