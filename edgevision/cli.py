@@ -171,6 +171,9 @@ def _add_export_options(p) -> str:
     p.add_argument("--onnx-int8-types", default="u8u8", choices=sorted(ONNX_INT8_TYPES),
                    help="activation/weight types of the ONNX QDQ int8 model (default u8u8; u8s8 saturates on "
                    "AVX2 CPUs without VNNI)")
+    p.add_argument("--no-int8-search", dest="int8_search", action="store_false",
+                   help="write full int8 only: do not keep the first ops in float when full int8 changes too many "
+                   "answers on the run's validation images")
     presets = "; ".join(f"{name} = {','.join(names)}" for name, names in FORMAT_PRESETS.items())
     return f"comma-separated artifacts ({', '.join(ARTIFACT_KINDS)}) or presets ({presets})"
 
@@ -179,7 +182,7 @@ def _quantization(args):
     from edgevision.export.calibration import QuantizationConfig
 
     return QuantizationConfig(calibration_images=args.calibration_images, io_dtype=args.int8_io,
-                              onnx_types=args.onnx_int8_types)
+                              onnx_types=args.onnx_int8_types, search=args.int8_search)
 
 
 def _add_export(sub) -> None:

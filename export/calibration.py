@@ -33,12 +33,18 @@ class QuantizationConfig:
     in with scale 1 / zero-point 0, float32 probabilities come out of a float softmax) or "int8" (int8 in
     and out, the softmax quantized too). onnx_types: activation/weight types of
     the ONNX QDQ model ("u8u8", "s8s8", "u8s8"; see export/onnx.py). seed: which images are drawn.
+    search: when the TFLite int8 model changes too many answers, keep the fewest ops from the input in
+    float until it agrees on `search_images` validation images (export/precision.py), within
+    `max_size_fraction` of the float model's size.
     """
 
     calibration_images: int = 200
     io_dtype: str = "uint8"
     onnx_types: str = "u8u8"
     seed: int = 0
+    search: bool = True
+    search_images: int = 500
+    max_size_fraction: float = 0.33
 
     def __post_init__(self) -> None:
         from .onnx import ONNX_INT8_TYPES
@@ -46,6 +52,11 @@ class QuantizationConfig:
         n = self.calibration_images
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 100_000:
             raise ValueError(f"calibration_images {n!r} is invalid; use an integer from 1 to 100000")
+        m = self.search_images
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 10 <= m <= 100_000:
+            raise ValueError(f"search_images {m!r} is invalid; use an integer from 10 to 100000")
+        if not 0 < self.max_size_fraction <= 1:
+            raise ValueError(f"max_size_fraction {self.max_size_fraction!r} is invalid; use a fraction in (0, 1]")
         if self.io_dtype not in INT8_IO_DTYPES:
             raise ValueError(f"Unknown int8 input/output type {self.io_dtype!r}; choose one of {', '.join(INT8_IO_DTYPES)}")
         if self.onnx_types not in ONNX_INT8_TYPES:
@@ -66,7 +77,8 @@ class QuantizationConfig:
 
     def to_dict(self) -> dict:
         return {"calibration_images": int(self.calibration_images), "io_dtype": self.io_dtype,
-                "onnx_types": self.onnx_types, "seed": int(self.seed)}
+                "onnx_types": self.onnx_types, "seed": int(self.seed), "search": bool(self.search),
+                "search_images": int(self.search_images), "max_size_fraction": float(self.max_size_fraction)}
 
 
 def _image_files(folder: Path) -> list[str]:
@@ -149,3 +161,13 @@ def calibration_images(info: RunInfo, config: QuantizationConfig,
     if not paths:
         raise CalibrationError("The run has no training images to calibrate on; pass a calibration folder")
     return _load(_sample(paths, config), info, "The run's training set")
+
+
+def search_images(info: RunInfo, count: int) -> tuple[np.ndarray, str]:
+    """Images the int8 precision search compares candidates on, and where they came from: the run's
+    validation images (never the held-out ones); for runs that have none, training images, which agree
+    more easily (the model is sure of what it was trained on), said so in the source."""
+    config = QuantizationConfig(calibration_images=count, seed=1)
+    if info.val_paths:
+        return _load(_sample(list(info.val_paths), config), info, "The run's validation set"), "validation images"
+    return calibration_images(info, config), "training images (no validation split: optimistic)"

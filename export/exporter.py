@@ -24,7 +24,7 @@ from edgevision.runtime.preprocess import ImageDecodeError, load_and_prepare
 from edgevision.train.run_dir import RunInfo
 
 from .agreement import images_needed, too_few_warning
-from .calibration import CalibrationError, QuantizationConfig, calibration_images
+from .calibration import CalibrationError, QuantizationConfig, calibration_images, search_images
 
 log = logging.getLogger("edgevision.export")
 
@@ -37,7 +37,8 @@ class ExportError(RuntimeError):
 class ArtifactKind:
     """One artifact an export can write.
 
-    convert: (keras model) -> bytes, or for `calibrated` kinds (keras model, Calibration) -> bytes.
+    convert: (keras model) -> bytes, or for `calibrated` kinds (keras model, Calibration, gate) -> (bytes,
+    recipe or None), the recipe saying what stayed in float and why.
     min_agreement: the parity gate, top-1 agreement with the Keras model on held-out images.
     advice: what to try when the gate fails.
     """
@@ -52,11 +53,40 @@ class ArtifactKind:
 
 
 @dataclass(frozen=True)
+class SearchSet:
+    """Images the int8 precision search compares candidates on, the trained model's answers on them, and
+    `agreement(format, content)`: a candidate's top-1 agreement with those answers through the runtime's
+    engine."""
+
+    images: np.ndarray
+    answers: np.ndarray
+    source: str
+    threads: int | None = None
+
+    def agreement(self, fmt: str, content: bytes) -> float:
+        import tempfile
+
+        from edgevision.runtime.engines import open_engine
+
+        input_spec, output_spec = _tensor_specs(fmt, content)
+        artifact = Artifact(file=f"candidate.{fmt}", format=fmt, precision="int8", sha256="", bytes=len(content),
+                            input=input_spec, output=output_spec)
+        with tempfile.TemporaryDirectory(prefix="edgevision-search-") as work:
+            path = Path(work) / artifact.file
+            path.write_bytes(content)
+            engine = open_engine(path, artifact, threads=self.threads)
+            probs = np.concatenate([engine.run(self.images[i : i + 64]) for i in range(0, len(self.images), 64)])
+        return float(np.mean(probs.argmax(axis=1) == self.answers))
+
+
+@dataclass(frozen=True)
 class Calibration:
-    """What a calibrated converter gets: the representative images and the quantization settings."""
+    """What a calibrated converter gets: the representative images, the quantization settings, the
+    parity gate of the artifact, and the precision search's images (None: no search)."""
 
     images: np.ndarray
     config: QuantizationConfig
+    search: SearchSet | None = None
 
 
 def _tflite_fp32(model) -> bytes:
@@ -77,10 +107,50 @@ def _tflite_dynamic(model) -> bytes:
     return to_tflite_dynamic(model)
 
 
-def _tflite_int8(model, calibration: Calibration) -> bytes:
-    from .tflite import to_tflite_int8
+def _tflite_int8(model, calibration: Calibration, gate: float) -> tuple[bytes, dict | None]:
+    """Full int8, or, when that changes too many answers on the search images, int8 with the fewest ops
+    from the input kept in float (export/precision.py); the recipe says what stayed float and why."""
+    from .tflite import Int8Quantizer
 
-    return to_tflite_int8(model, calibration.images, calibration.config.io_dtype)
+    quantizer = Int8Quantizer(model, calibration.images)
+    io_dtype = calibration.config.io_dtype
+    ops = [name for name, kind in quantizer.ops() if kind not in ("QUANTIZE", "DEQUANTIZE", "SOFTMAX")]
+    return _searched("tflite", lambda keep: quantizer.quantize(keep, io_dtype), ops, len(quantizer.calibrated),
+                     model, calibration, gate)
+
+
+def _searched(fmt: str, quantize, ops: list[str], float_bytes: int, model, calibration: Calibration,
+              gate: float) -> tuple[bytes, dict | None]:
+    """quantize(()) when there is no search; else the precision search's choice and its recipe."""
+    from .precision import PrecisionSearchError, search_float_ops
+
+    search = calibration.search
+    if search is None:
+        return quantize(()), None
+    layers = {layer.name for layer in model.layers}
+    recipe = {"search_images": int(len(search.images)), "search_source": search.source, "target": gate,
+              "max_bytes": int(calibration.config.max_size_fraction * float_bytes)}
+    try:
+        result = search_float_ops(quantize, lambda content: search.agreement(fmt, content), ops,
+                                  target=gate, max_bytes=recipe["max_bytes"])
+    except PrecisionSearchError as failed:
+        log.warning("%s int8: %s", fmt, failed)
+        return quantize(()), {**recipe, "float_ops": 0, "float_layers": [], "search_failed": str(failed)}
+    float_layers = list(dict.fromkeys(name for op in result.keep_float for name in _layers_of(op, layers)))
+    return result.content, {**recipe, "float_ops": len(result.keep_float), "float_layers": float_layers,
+                            "search_agreement": result.agreement, "tried": list(result.tried)}
+
+
+def _layers_of(op: str, layers: set[str]) -> list[str]:
+    """The Keras layers an op of the converted graph came from: its name joins the TensorFlow names of the
+    fused ops (".../stem_conv_1/BiasAdd;.../stem_relu_1/Relu6"), whose second part is the layer's call."""
+    found = []
+    for part in op.split(";"):
+        for call in part.split("/")[1:2]:  # ONNX node names (tf2onnx) follow the same pattern
+            name = call.rsplit("_", 1)[0] if call.rsplit("_", 1)[-1].isdigit() else call
+            if name in layers and name not in found:
+                found.append(name)
+    return found
 
 
 def _onnx_fp32(model) -> bytes:
@@ -89,10 +159,13 @@ def _onnx_fp32(model) -> bytes:
     return to_onnx_fp32(model)
 
 
-def _onnx_int8(model, calibration: Calibration) -> bytes:
-    from .onnx import to_onnx_fp32, to_onnx_int8
+def _onnx_int8(model, calibration: Calibration, gate: float) -> tuple[bytes, dict | None]:
+    """As _tflite_int8, with onnxruntime's quantizer: nodes from the input excluded from quantization."""
+    from .onnx import OnnxInt8Quantizer, to_onnx_fp32
 
-    return to_onnx_int8(to_onnx_fp32(model), calibration.images, calibration.config.onnx_types)
+    fp32 = to_onnx_fp32(model)
+    with OnnxInt8Quantizer(fp32, calibration.images, calibration.config.onnx_types) as quantizer:
+        return _searched("onnx", quantizer.quantize, quantizer.nodes, len(fp32), model, calibration, gate)
 
 
 _FLOAT_ADVICE = ("A float artifact should agree exactly: check that the run's held-out images are the ones it was "
@@ -278,7 +351,20 @@ def _write_report(folder: Path, bundle: Bundle, info: RunInfo) -> None:
     if exported.get("calibration_images"):
         q = exported["quantization"]
         lines += ["", f"int8 calibration: {exported['calibration_images']} images ({exported['calibration_source']}), "
-                  f"TFLite int8 input/output {q['io_dtype']}, ONNX QDQ types {q['onnx_types']}, per-channel weights."]
+                  f"TFLite int8 interface {q['io_dtype']}, ONNX QDQ types {q['onnx_types']}, per-channel weights."]
+    for name, artifact in bundle.artifacts.items():
+        search = artifact.metrics.get("precision_search")
+        if not search:
+            continue
+        if search.get("search_failed"):
+            lines += ["", f"{name}: the precision search found no mix within the size cap: {search['search_failed']}"]
+        elif search.get("float_ops"):
+            lines += ["", f"{name}: full int8 changed too many answers on {search['search_images']} "
+                      f"{search['search_source']}, so the first {search['float_ops']} ops from the input stay float "
+                      f"(layers {', '.join(search['float_layers'])}): {search['search_agreement']:.2%} agreement there."]
+        else:
+            lines += ["", f"{name}: full int8 ({search['tried'][0]['agreement']:.2%} agreement on "
+                      f"{search['search_images']} {search['search_source']})."]
     if exported.get("onnx_opset"):
         lines += ["", f"ONNX: opset {exported['onnx_opset']}, input `image` float32 NHWC raw 0-255 RGB, output `probs`."]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
@@ -406,6 +492,13 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, formats=("
     reference = model.predict(images, batch_size=64, verbose=0)
     _check_probabilities(info.model_path, reference)
     folded, fold_report = _fold(model, images, reference)
+    if calibration_set is not None and quantization.search:
+        try:
+            found, source = search_images(info, quantization.search_images)
+        except CalibrationError as bad:
+            raise ExportError(f"Cannot search int8 precision: {bad}") from None
+        answers = folded.predict(found, batch_size=64, verbose=0).argmax(axis=1)
+        calibration_set = replace(calibration_set, search=SearchSet(found, answers, source, threads))
     provenance = _provenance(info)
     provenance["export"] = {
         "batchnorm_fold": fold_report,
@@ -418,11 +511,17 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, formats=("
 
     result = ExportResult(bundle_dir=out_dir)
     with atomic_directory(out_dir, overwrite=overwrite, inputs=[run_dir]) as staging:
-        artifacts = {}
+        artifacts, recipes = {}, {}
         for fmt in formats:
             kind = ARTIFACT_KINDS[fmt]
             log.info("converting %s", kind.file)
-            content = kind.convert(folded, calibration_set) if kind.calibrated else kind.convert(folded)
+            recipe = None
+            if kind.calibrated:
+                content, recipe = kind.convert(folded, calibration_set, kind.min_agreement)
+            else:
+                content = kind.convert(folded)
+            if recipe is not None:
+                recipes[kind.file] = recipe
             input_spec, output_spec = _tensor_specs(kind.format, content)
             draft = Artifact(file=kind.file, format=kind.format, precision=kind.precision, sha256="", bytes=0,
                              input=input_spec, output=output_spec)
@@ -440,6 +539,8 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, formats=("
             metrics = _parity(Classifier(bundle, artifact=kind.file, threads=threads), images, labels, reference)
             metrics["latency_threads"] = threads or usable_cpus()
             metrics["min_agreement"] = kind.min_agreement
+            if kind.file in recipes:
+                metrics["precision_search"] = recipes[kind.file]
             metrics["passed"] = metrics["agreement"] >= kind.min_agreement
             # Warn when the interval is wider than a point either way (or half the room the gate leaves):
             # a set that cannot tell the gate from a point below it. A gate of 0 or 1 has no interval.

@@ -42,6 +42,9 @@ class RunInfo:
     # The training images (absolute paths): export draws int8 calibration images from them. Older runs
     # lack the field; export then finds them from the dataset record.
     train_paths: list[str] = field(default_factory=list)
+    # The validation images that are not the held-out ones (empty when validation is what was held out):
+    # export's int8 precision search compares candidates on them. Older runs lack the field.
+    val_paths: list[str] = field(default_factory=list)
     folder: Path | None = None
 
     @property

@@ -279,6 +279,8 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
         dataset=_dataset_record(dataset),
         heldout_paths=[os.path.abspath(p) for p in heldout.paths],
         train_paths=[os.path.abspath(p) for p in dataset.train.paths],  # int8 calibration images
+        # int8 precision search images: validation, unless validation is what was held out
+        val_paths=[os.path.abspath(p) for p in dataset.val.paths] if heldout_split == "test" else [],
         heldout_labels=[int(v) for v in heldout.labels],
         metrics={f"{heldout_split}_accuracy": heldout_accuracy, "epochs": state.epoch, "best_epoch": best_epoch,
                  "kept_epoch": kept_epoch,
