@@ -98,9 +98,20 @@ def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kerne
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
     kernel, bias = depthwise.get_weights()
     kernel[..., 2, 0] = 0.0  # a dead channel, as BatchNorm folding leaves them
+    kernel[..., 5, 0], bias[5] = 1e-9, 3.0  # a near-dead one: its int32 bias would overflow and be clipped
     depthwise.set_weights([kernel, bias])
 
-    content = to_onnx_int8(to_onnx_fp32(model), _photos(16, SIZE), "u8u8")
+    import logging
+
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
+    try:
+        content = to_onnx_int8(to_onnx_fp32(model), _photos(16, SIZE), "u8u8")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert not [w for w in warnings if "exceeds the range of a int32" in w], warnings
     proto = onnx.load_from_string(content)
     initializers = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
     per_channel = [initializers[node.input[2]] for node in proto.graph.node
@@ -117,3 +128,7 @@ def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kerne
     photos = _photos(8, SIZE)
     probs = session.run(None, {"image": photos.astype(np.float32)})[0]
     assert np.abs(probs - model.predict(photos.astype(np.float32), verbose=0)).max() < 0.05
+    # the near-dead channel's bias came through whole (clipped, it would have been about 0)
+    biases = [numpy_helper.to_array(i) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT32
+              and numpy_helper.to_array(i).shape == (8,)]
+    assert biases and all(np.abs(b).max() < 2**31 - 1 for b in biases)
