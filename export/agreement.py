@@ -221,3 +221,31 @@ def compare(reference_probs: np.ndarray, artifact_probs: np.ndarray, labels: np.
         wrong_to_other_wrong=int(np.sum(changed & ~ref_right & ~art_right)),
         changed_ties=int(np.sum(changed & tied_top(artifact))),
     )
+
+
+def estimated_agreement(reference_probs: np.ndarray, candidate_probs: np.ndarray) -> float:
+    """Top-1 agreement to expect on other images of the same kind, smoother than counting changed answers.
+
+    For each image, the reference's margin is the log-probability gap between its top two classes, and
+    the candidate's perturbation is how much it moved that gap. An answer changes when a margin meets a
+    perturbation that closes it; pairing every margin with every perturbation measured (instead of each
+    with its own) estimates that rate from n**2 pairs, where counting changed answers on 100 images only
+    resolves whole percents."""
+    reference = np.asarray(reference_probs, dtype=np.float64)
+    candidate = np.asarray(candidate_probs, dtype=np.float64)
+    if reference.ndim != 2 or reference.shape != candidate.shape or reference.shape[1] < 2 or not len(reference):
+        raise ValueError(f"reference_probs {reference.shape} and candidate_probs {candidate.shape} must be the "
+                         "same non-empty (N, C) shape with at least 2 classes")
+    rows = np.arange(len(reference))
+    top = np.argsort(-reference, axis=1, kind="stable")[:, :2]
+    tiny = 1e-12  # a probability of exactly 0 (a quantized output) has no logarithm
+
+    def gap(probs):
+        return np.log(probs[rows, top[:, 0]] + tiny) - np.log(probs[rows, top[:, 1]] + tiny)
+
+    margins = gap(reference)
+    moves = gap(candidate) - margins
+    # sorted moves: for each margin, how many moves push the gap below zero (move < -margin)
+    moves.sort()
+    changed = np.searchsorted(moves, -margins, side="left")
+    return float(1 - changed.sum() / (len(margins) * len(moves)))

@@ -33,9 +33,9 @@ class QuantizationConfig:
     in with scale 1 / zero-point 0, float32 probabilities come out of a float softmax) or "int8" (int8 in
     and out, the softmax quantized too). onnx_types: activation/weight types of
     the ONNX QDQ model ("u8u8", "s8s8", "u8s8"; see export/onnx.py). seed: which images are drawn.
-    search: when the TFLite int8 model changes too many answers, keep the fewest ops from the input in
-    float until it agrees on `search_images` validation images (export/precision.py), within
-    `max_size_fraction` of the float model's size.
+    search: when an int8 model would change too many answers, keep the fewest ops from the input in
+    float until its agreement estimated on `search_images` validation images reaches the gate plus
+    `search_margin` (export/precision.py), within `max_size_fraction` of the float model's size.
     """
 
     calibration_images: int = 200
@@ -45,6 +45,7 @@ class QuantizationConfig:
     search: bool = True
     search_images: int = 500
     max_size_fraction: float = 0.33
+    search_margin: float = 0.01
 
     def __post_init__(self) -> None:
         from .onnx import ONNX_INT8_TYPES
@@ -55,6 +56,8 @@ class QuantizationConfig:
         m = self.search_images
         if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 10 <= m <= 100_000:
             raise ValueError(f"search_images {m!r} is invalid; use an integer from 10 to 100000")
+        if not 0 <= self.search_margin < 0.1:
+            raise ValueError(f"search_margin {self.search_margin!r} is invalid; use a fraction from 0 to 0.1")
         if not 0 < self.max_size_fraction <= 1:
             raise ValueError(f"max_size_fraction {self.max_size_fraction!r} is invalid; use a fraction in (0, 1]")
         if self.io_dtype not in INT8_IO_DTYPES:
@@ -78,7 +81,8 @@ class QuantizationConfig:
     def to_dict(self) -> dict:
         return {"calibration_images": int(self.calibration_images), "io_dtype": self.io_dtype,
                 "onnx_types": self.onnx_types, "seed": int(self.seed), "search": bool(self.search),
-                "search_images": int(self.search_images), "max_size_fraction": float(self.max_size_fraction)}
+                "search_images": int(self.search_images), "max_size_fraction": float(self.max_size_fraction),
+                "search_margin": float(self.search_margin)}
 
 
 def _image_files(folder: Path) -> list[str]:

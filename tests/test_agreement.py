@@ -290,3 +290,24 @@ def test_agreement_is_frozen():
 def test_compare_rejects_bad_input(reference, artifact, labels, match):
     with pytest.raises(ValueError, match=match):
         compare(reference, artifact, labels)
+
+
+# --- estimated_agreement ---------------------------------------------------------------------------
+
+
+def test_estimated_agreement_pairs_every_margin_with_every_perturbation():
+    from edgevision.export.agreement import estimated_agreement
+
+    reference = np.array([[0.7, 0.3], [0.6, 0.4], [0.9, 0.1]])
+    assert estimated_agreement(reference, reference) == 1.0
+    # Image 0 flips (its gap moves by log(3/7) - log(7/3) = -1.69); that move would also close image 1's
+    # gap (log 1.5 = 0.41) but not image 2's (log 9 = 2.20): 2 of the 9 (margin, move) pairs change.
+    candidate = np.array([[0.3, 0.7], [0.6, 0.4], [0.9, 0.1]])
+    assert estimated_agreement(reference, candidate) == pytest.approx(7 / 9)
+    # A move that narrows image 0's gap without closing it (-0.65) changes no answer there, but would close
+    # image 1's smaller one: counting says 100%, the estimate 8/9.
+    narrowed = np.array([[0.55, 0.45], [0.6, 0.4], [0.9, 0.1]])
+    assert np.all(narrowed.argmax(1) == reference.argmax(1))
+    assert estimated_agreement(reference, narrowed) == pytest.approx(8 / 9)
+    with pytest.raises(ValueError, match=r"\(3, 2\) and candidate_probs \(2, 2\)"):
+        estimated_agreement(reference, candidate[:2])
