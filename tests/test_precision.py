@@ -48,6 +48,12 @@ def test_size_cap_and_unreachable_target_fail_with_what_was_tried():
     quantize, agreement, _ = _model(lambda k: 0.95 + 0.01 * min(k, 11) / 3.5)
     with pytest.raises(PrecisionSearchError, match=r"first 11 ops in float, 0.00 MB, over the 0.00 MB cap; tried 0 in float"):
         search_float_ops(quantize, agreement, OPS, target=0.98, max_bytes=1100)
+    # a full int8 model over the cap (a small model) may still grow by 5% (1000 -> 1050 bytes)
+    quantize, agreement, _ = _model(lambda k: 0.95 + 0.01 * min(k, 4))
+    assert search_float_ops(quantize, agreement, OPS, target=0.98, max_bytes=500).keep_float == tuple(OPS[:3])
+    quantize, agreement, _ = _model(lambda k: 0.95 + 0.01 * min(k, 6) / 2)  # 98% from k = 6: 1060 bytes
+    with pytest.raises(PrecisionSearchError, match="over the 0.00 MB cap"):
+        search_float_ops(quantize, agreement, OPS, target=0.98, max_bytes=500)
     quantize, agreement, _ = _model(lambda k: 0.9)
     with pytest.raises(PrecisionSearchError, match=r"no mix .* reached 98.0%.*20 in float: 90.00%.*best was 90.00%"):
         search_float_ops(quantize, agreement, OPS, target=0.98, max_bytes=10_000)
