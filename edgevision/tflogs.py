@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.abc
+import logging
 import importlib.util
 import os
 import re
@@ -28,11 +29,23 @@ _NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are 
 
 
 def quiet_tensorflow() -> None:
-    """Default TF_CPP_MIN_LOG_LEVEL to 2 and filter TensorFlow's import-time lines by it (once per process)."""
+    """Default TF_CPP_MIN_LOG_LEVEL to 2 and filter TensorFlow's import-time lines by it (once per process);
+    below level 1, TensorFlow's Python-side retracing hints go too."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_LEVEL)
+    tf_logger = logging.getLogger("tensorflow")  # the logger tf.get_logger() returns, made ahead of the import
+    if _level() >= 1 and not any(isinstance(f, _NoRetracingHint) for f in tf_logger.filters):
+        tf_logger.addFilter(_NoRetracingHint())
     if "tensorflow" in sys.modules or any(isinstance(f, _QuietImport) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _QuietImport())
+
+
+class _NoRetracingHint(logging.Filter):
+    """Drops "... triggered tf.function retracing": a hint for whoever writes the TensorFlow code (Keras'
+    predict on batches of several sizes), printed mid-export to users who can do nothing about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
 
 
 def kept_lines(text: str, level: int) -> str:

@@ -178,6 +178,26 @@ def test_importing_tensorflow_from_the_command_line_prints_no_start_up_lines():
     assert "absl" not in result.stderr and not re.search(r"^[IW]\d{4} ", result.stderr, re.M), result.stderr
 
 
+def test_tensorflow_retracing_hints_are_dropped_unless_asked_for():
+    code = textwrap.dedent(
+        """
+        import logging
+        from edgevision.tflogs import quiet_tensorflow
+        quiet_tensorflow()
+        logging.basicConfig(format="%(name)s %(message)s")
+        log = logging.getLogger("tensorflow")
+        log.warning("5 out of the last 17 calls to <function f> triggered tf.function retracing. Tracing is expensive")
+        log.warning("another warning")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert quiet.stderr.strip() == "tensorflow another warning", quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert "retracing" in loud.stderr and "another warning" in loud.stderr
+
+
 # --- one-line errors for user mistakes ---
 
 
