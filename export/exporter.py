@@ -83,8 +83,8 @@ class SearchSet:
 
 @dataclass(frozen=True)
 class Calibration:
-    """What a calibrated converter gets: the representative images, the quantization settings, the
-    parity gate of the artifact, and the precision search's images (None: no search)."""
+    """What a calibrated converter gets (besides its artifact's gate): the representative images, the
+    quantization settings, and the precision search's images (None: no search)."""
 
     images: np.ndarray
     config: QuantizationConfig
