@@ -166,8 +166,9 @@ def _add_export_options(p) -> str:
     p.add_argument("--calibration-images", type=int, default=200,
                    help="how many calibration images int8 artifacts use at most (default 200)")
     p.add_argument("--int8-io", default="uint8", choices=INT8_IO_DTYPES,
-                   help="input type of the int8 TFLite model (default uint8: raw camera pixels go in as they are, and "
-                   "float32 probabilities come out; int8: int8 in and out, for accelerators that take signed tensors)")
+                   help="input type of the int8 TFLite model (default uint8: raw camera pixels go in as they are, or as "
+                   "float32 when the precision search keeps the first op in float, and float32 probabilities come "
+                   "out; int8: int8 in and out, no search, for accelerators that take signed tensors)")
     p.add_argument("--onnx-int8-types", default="u8u8", choices=sorted(ONNX_INT8_TYPES),
                    help="activation/weight types of the ONNX QDQ int8 model (default u8u8; u8s8 saturates on "
                    "AVX2 CPUs without VNNI)")

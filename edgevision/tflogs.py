@@ -30,7 +30,7 @@ _NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are 
 
 def quiet_tensorflow() -> None:
     """Default TF_CPP_MIN_LOG_LEVEL to 2 and filter TensorFlow's import-time lines by it (once per process);
-    below level 1, TensorFlow's Python-side retracing hints go too."""
+    at level 1 and above (the default included), TensorFlow's Python-side retracing hints go too."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_LEVEL)
     tf_logger = logging.getLogger("tensorflow")  # the logger tf.get_logger() returns, made ahead of the import
     if _level() >= 1 and not any(isinstance(f, _NoRetracingHint) for f in tf_logger.filters):

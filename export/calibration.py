@@ -174,4 +174,4 @@ def search_images(info: RunInfo, count: int) -> tuple[np.ndarray, str]:
     config = QuantizationConfig(calibration_images=count, seed=1)
     if info.val_paths:
         return _load(_sample(list(info.val_paths), config), info, "The run's validation set"), "validation images"
-    return calibration_images(info, config), "training images (no validation split: optimistic)"
+    return calibration_images(info, config), "training images (the run lists no validation images: optimistic)"

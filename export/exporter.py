@@ -116,6 +116,8 @@ def _tflite_int8(model, calibration: Calibration, gate: float) -> tuple[bytes, d
 
     quantizer = Int8Quantizer(model, calibration.images)
     io_dtype = calibration.config.io_dtype
+    if io_dtype == "int8":  # int8 in and out is the point of it: no float op may take the input
+        calibration = replace(calibration, search=None)
     ops = [name for name, kind in quantizer.ops() if kind not in ("QUANTIZE", "DEQUANTIZE", "SOFTMAX")]
     return _searched("tflite", lambda keep: quantizer.quantize(keep, io_dtype), ops, len(quantizer.calibrated),
                      model, calibration, gate)
@@ -151,8 +153,8 @@ def _layers_of(op: str, layers: set[str]) -> list[str]:
     fused ops (".../stem_conv_1/BiasAdd;.../stem_relu_1/Relu6"), whose second part is the layer's call."""
     found = []
     for part in op.split(";"):
-        for call in part.split("/")[1:2]:  # ONNX node names (tf2onnx) follow the same pattern
-            name = call.rsplit("_", 1)[0] if call.rsplit("_", 1)[-1].isdigit() else call
+        for call in part.split("/"):  # ONNX node names (tf2onnx) hold the same calls
+            name = call if call in layers else call.rsplit("_", 1)[0]
             if name in layers and name not in found:
                 found.append(name)
     return found
@@ -365,7 +367,7 @@ def _write_report(folder: Path, bundle: Bundle, info: RunInfo) -> None:
         if not search:
             continue
         if search.get("search_failed"):
-            lines += ["", f"{name}: the precision search found no mix within the size cap: {search['search_failed']}"]
+            lines += ["", f"{name}: full int8; the precision search found nothing better: {search['search_failed']}"]
         elif search.get("float_ops"):
             lines += ["", f"{name}: full int8 would change too many answers, judged on {search['search_images']} "
                       f"{search['search_source']}, so the first {search['float_ops']} ops from the input stay float "

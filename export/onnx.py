@@ -137,12 +137,16 @@ class OnnxInt8Quantizer:
         self.images, self.types = images, types
         self._work = tempfile.TemporaryDirectory(prefix="edgevision-onnx-")
         source, self._prepared = (os.path.join(self._work.name, n) for n in ("fp32.onnx", "pre.onnx"))
-        proto = onnx.load_from_string(fp32)
-        zero_dead_channels(proto)
-        onnx.save(proto, source)
-        # Shape inference + graph optimization before quantizing (symbolic shapes would need sympy).
-        quant_pre_process(source, self._prepared, skip_symbolic_shape=True)
-        self.nodes = [node.name for node in onnx.load(self._prepared).graph.node]
+        try:
+            proto = onnx.load_from_string(fp32)
+            zero_dead_channels(proto)
+            onnx.save(proto, source)
+            # Shape inference + graph optimization before quantizing (symbolic shapes would need sympy).
+            quant_pre_process(source, self._prepared, skip_symbolic_shape=True)
+            self.nodes = [node.name for node in onnx.load(self._prepared).graph.node]
+        except BaseException:
+            self.close()
+            raise
 
     def quantize(self, keep_float=()) -> bytes:
         import onnx

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import warnings
 
 import numpy as np
@@ -24,31 +25,40 @@ log = logging.getLogger("edgevision.export")
 TFLITE_METADATA_NAME = "edgevision.bundle"
 
 
-class _ToDebug(logging.Filter):
-    """Moves the converter's Python log records (it logs to the root logger) to edgevision's debug log.
-    Where a folded bias would not fit its int32 (near-dead channels), TFLite's quantizer widens that
-    channel's weight scale instead of clipping it (tests/test_quantization.py checks every bias of every
-    backbone)."""
+class _HoldConverterRecords(logging.Filter):
+    """Holds back the log records the converter makes through Python's logging while it runs (edgevision's
+    own pass), for the debug log afterwards. Where a folded bias would not fit its int32 (near-dead
+    channels), TFLite's quantizer widens that channel's weight scale instead of clipping it
+    (tests/test_quantization.py checks every bias of every backbone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[str] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        log.debug("converter: %s", record.getMessage())
+        if record.name.startswith("edgevision"):
+            return True
+        self.held.append(f"{record.name}: {record.getMessage()}")
         return False
+
+
+_CONVERTING = threading.Lock()  # one redirection of the process's stdout/stderr at a time
 
 
 @contextlib.contextmanager
 def _converter_output_to_debug():
-    """Keras prints the whole SavedModel signature while converting and the quantizer prints its settings
-    from C++: both go to the debug log (--verbose), not the terminal."""
+    """Keras prints the whole SavedModel signature while converting, the quantizer prints its settings from
+    C++ and the converter logs: all of it goes to edgevision's debug log, not the terminal."""
     chatter = io.StringIO()
     root = logging.getLogger()
-    quiet = _ToDebug()
-    root.addFilter(quiet)
-    for handler in root.handlers:
-        handler.addFilter(quiet)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = []
-    with tempfile.TemporaryFile() as held:
+    hold = _HoldConverterRecords()
+    with _CONVERTING, tempfile.TemporaryFile() as held:
+        targets = [root, *root.handlers]
+        for target in targets:
+            target.addFilter(hold)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = []
         try:
             for fd in (1, 2):
                 try:
@@ -66,11 +76,11 @@ def _converter_output_to_debug():
             for fd, copy in saved:
                 os.dup2(copy, fd)
                 os.close(copy)
-            root.removeFilter(quiet)
-            for handler in root.handlers:
-                handler.removeFilter(quiet)
+            for target in targets:
+                target.removeFilter(hold)
             held.seek(0)
-            log.debug("converter output:\n%s%s", chatter.getvalue(), held.read().decode(errors="replace"))
+            log.debug("converter output:\n%s%s%s", chatter.getvalue(), held.read().decode(errors="replace"),
+                      "\n".join(hold.held))
 
 
 def _convert(converter) -> bytes:

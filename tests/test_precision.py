@@ -62,7 +62,7 @@ def test_size_cap_and_unreachable_target_fail_with_what_was_tried():
 
 
 @pytest.mark.slow
-def test_ops_kept_in_float_are_float_in_the_tflite_file_and_the_rest_int8():
+def test_ops_kept_in_float_are_float_in_the_tflite_file_and_the_rest_int8(caplog):
     keras = pytest.importorskip("keras")
     pytest.importorskip("tensorflow")
     from ai_edge_litert.interpreter import Interpreter
@@ -76,7 +76,11 @@ def test_ops_kept_in_float_are_float_in_the_tflite_file_and_the_rest_int8():
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="probs")(x))
     images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
-    quantizer = Int8Quantizer(model, images)
+    import logging
+
+    with caplog.at_level(logging.DEBUG):  # the converter's own records go to edgevision's debug log
+        quantizer = Int8Quantizer(model, images)
+    assert any(r.name == "edgevision.export" and "converter output" in r.getMessage() for r in caplog.records)
     ops = [name for name, kind in quantizer.ops() if kind not in ("QUANTIZE", "DEQUANTIZE", "SOFTMAX")]
     keep = ops[:1]  # the first convolution (the converter folded the normalization into it)
     assert "first" in keep[0] and "second" in ops[1]
