@@ -92,9 +92,11 @@ def heldout(run_dir):
 
 @pytest.fixture(scope="module")
 def full_bundle(run_dir, tmp_path_factory) -> Path:
-    """`--formats all`, once for the module (six conversions, about a minute)."""
+    """`--formats all`, once for the module (six conversions, about a minute); full int8, whose tensor types
+    the tests below check (the precision search has its own test)."""
     out = tmp_path_factory.mktemp("bundles") / "all"
-    result = export(run_dir, out, formats=("all", "tflite_dynamic"), threads=1, force=True)
+    result = export(run_dir, out, formats=("all", "tflite_dynamic"), threads=1, force=True,
+                    quantization=QuantizationConfig(search=False))
     assert set(result.metrics) == ALL_FILES
     return out
 
@@ -121,7 +123,7 @@ def test_every_artifact_is_written_and_described(full_bundle):
     assert exported["batchnorm_fold"]["folded_into_conv"] == 52 and exported["batchnorm_fold"]["unfolded"] == []
     assert exported["batchnorm_fold"]["max_prob_difference"] < 1e-4
     assert exported["calibration_images"] == 120 and exported["calibration_source"] == "run training images"
-    assert exported["quantization"] == QuantizationConfig().to_dict() and exported["onnx_opset"] == 17
+    assert exported["quantization"] == QuantizationConfig(search=False).to_dict() and exported["onnx_opset"] == 17
     report = (full_bundle / "report.md").read_text()
     assert all(f"| {file} |" in report for file in ALL_FILES) and "BatchNorm folded" in report
 
@@ -346,3 +348,29 @@ def test_a_model_without_softmax_is_not_an_edgevision_classifier(run_dir, tmp_pa
     with pytest.raises(ExportError, match="does not output class probabilities.*not a classifier trained by edgevision"):
         export(run, out)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_precision_search_through_export_records_a_recipe_that_holds(run_dir, tmp_path):
+    """Whatever the CPU's int8 kernels make of this tiny model, the search's choice meets its own aim and
+    cap, the recipe says so, and the written file is the one the recipe describes."""
+    out = tmp_path / "searched"
+    quantization = QuantizationConfig(search_images=10)
+    result = export(run_dir, out, formats=("tflite_int8", "onnx_int8"), threads=1, force=True,
+                    quantization=quantization)
+    bundle = Bundle.load(out)
+    report = (out / "report.md").read_text()
+    for file in ("model_int8.tflite", "model_int8.onnx"):
+        recipe = result.metrics[file]["precision_search"]
+        assert bundle.artifacts[file].metrics["precision_search"] == recipe
+        assert recipe["search_source"].startswith("training images")  # this run lists no validation images
+        assert recipe["target"] == pytest.approx(0.98 + quantization.search_margin)
+        assert f"{file}: " in report
+        if recipe.get("search_failed"):
+            continue
+        chosen = next(t for t in recipe["tried"] if t["float_ops"] == recipe["float_ops"])
+        assert chosen["agreement"] >= recipe["target"] - 1e-4
+        assert chosen["bytes"] <= max(recipe["max_bytes"], 1.05 * recipe["tried"][0]["bytes"])
+        # the bundle's file is the chosen candidate, with edgevision's metadata added
+        assert abs(bundle.artifacts[file].bytes - chosen["bytes"]) < 20_000
+        assert bool(recipe["float_layers"]) == bool(recipe["float_ops"])
