@@ -153,15 +153,18 @@ class Int8Quantizer:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         converter._experimental_calibrate_only = True  # the calibrated float graph, quantized below as asked
         self.calibrated = _convert(converter)
+        self._ops: list[tuple[str, str]] | None = None
 
     def ops(self) -> list[tuple[str, str]]:
         """(output tensor name, op type) of every op of the calibrated graph, in graph order."""
-        from ai_edge_litert.interpreter import Interpreter
+        if self._ops is None:  # read once: the search asks for every candidate
+            from ai_edge_litert.interpreter import Interpreter
 
-        interpreter = Interpreter(model_content=self.calibrated)
-        tensors = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
-        return [(tensors[op["outputs"][0]], op["op_name"]) for op in interpreter._get_ops_details()
-                if len(op["outputs"])]
+            interpreter = Interpreter(model_content=self.calibrated)
+            tensors = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+            self._ops = [(tensors[op["outputs"][0]], op["op_name"]) for op in interpreter._get_ops_details()
+                         if len(op["outputs"])]
+        return list(self._ops)
 
     def quantize(self, keep_float=(), io_dtype: str = "uint8") -> bytes:
         import tensorflow as tf
