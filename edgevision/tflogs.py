@@ -19,12 +19,15 @@ import os
 import re
 import sys
 import tempfile
+import threading
 
 DEFAULT_LEVEL = "2"  # INFO and WARNING records hidden; errors shown
 # absl's record prefix: severity letter, MMDD, time (before absl is initialised, "00:00:" and the seconds
 # since 1970), thread id, file:line]
 _RECORD = re.compile(r"^([IWEF])\d{4} \d+:\d+:\d+(?:\.\d+)?\s+\d+ [^\s\]]+:\d+\] ")
 _SEVERITY = {"I": 0, "W": 1, "E": 2, "F": 3}
+# One redirection of the process's stdout/stderr at a time, whoever makes it (export/tflite.py too).
+STDIO_REDIRECT_LOCK = threading.RLock()
 _NOTICE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 
 
@@ -65,8 +68,14 @@ def _level() -> int:
 
 
 @contextlib.contextmanager
-def _filtered_stderr():
-    """Hold what is written to file descriptor 2 (C++ and Python alike) and pass on `kept_lines`."""
+def held_stderr(keep):
+    """Hold what is written to file descriptor 2 (C++ and Python alike) and pass on `keep(text)`. One
+    thread at a time: two interleaved redirections would restore each other's descriptors."""
+    with STDIO_REDIRECT_LOCK:
+        yield from _held_stderr(keep)
+
+
+def _held_stderr(keep):
     sys.stderr.flush()
     try:
         saved = os.dup(2)
@@ -82,8 +91,25 @@ def _filtered_stderr():
             os.dup2(saved, 2)
             os.close(saved)
             held.seek(0)
-            sys.stderr.write(kept_lines(held.read().decode(errors="replace"), _level()))
+            sys.stderr.write(keep(held.read().decode(errors="replace")))
             sys.stderr.flush()
+
+
+def _filtered_stderr():
+    return held_stderr(lambda text: kept_lines(text, _level()))
+
+
+# LiteRT announces its default CPU delegate on every interpreter it builds; it has no setting to stop it.
+_LITERT_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+def quiet_litert():
+    """Hold stderr while a LiteRT interpreter is built and drop its delegate notice (shown at
+    TF_CPP_MIN_LOG_LEVEL=0, like TensorFlow's own INFO lines)."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0":
+        return contextlib.nullcontext()
+    return held_stderr(lambda text: "".join(line for line in text.splitlines(keepends=True)
+                                            if line.rstrip("\r\n") != _LITERT_NOTICE))
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):

@@ -2,7 +2,8 @@
 
 Every artifact is run on the run's held-out images through the runtime's own `Classifier` (the code a
 device runs), compared with the Keras model on the same prepared pixels, and the figures go into
-bundle.json and report.md. An artifact below its agreement threshold fails the export.
+bundle.json and report.md. An artifact below its agreement threshold fails the export. A few of those
+images and every artifact's answers on them go into the bundle as its golden set (runtime/golden.py).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import numpy as np
 
 from edgevision.runtime.atomic import atomic_directory, refuse_inputs
 from edgevision.runtime.engines import usable_cpus
+from edgevision.runtime.golden import golden_entry, golden_probs, write_golden
 from edgevision.runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, Artifact, Bundle, TensorSpec, file_sha256
 from edgevision.runtime.preprocess import ImageDecodeError, load_and_prepare
 from edgevision.train.run_dir import RunInfo
 
 from .agreement import images_needed, too_few_warning
 from .calibration import CalibrationError, QuantizationConfig, calibration_images, search_images
+from .golden import choose_golden, computed_on
 
 log = logging.getLogger("edgevision.export")
 
@@ -376,6 +379,10 @@ def _write_report(folder: Path, bundle: Bundle, info: RunInfo) -> None:
         else:
             lines += ["", f"{name}: full int8 ({search['tried'][0]['agreement']:.2%} estimated agreement from "
                       f"{search['search_images']} {search['search_source']}; aim: {search['target']:.1%})."]
+    if bundle.golden:
+        lines += ["", f"Golden predictions: {bundle.golden['images']} held-out images at model size with every "
+                  f"artifact's answers on this machine ({bundle.golden['file']}); `edgevision verify` replays them "
+                  "on a device."]
     if exported.get("onnx_opset"):
         lines += ["", f"ONNX: opset {exported['onnx_opset']}, input `image` float32 NHWC raw 0-255 RGB, output `probs`."]
     (folder / "report.md").write_text("\n".join(lines) + "\n")
@@ -544,10 +551,13 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, formats=("
             labels=info.labels, preprocess=info.preprocess, artifacts=artifacts,
             default_artifact=ARTIFACT_KINDS[formats[0]].file, provenance=provenance, folder=staging,
         )
+        golden_index, golden_answers = choose_golden(images, labels), {}
         for fmt in formats:
             kind = ARTIFACT_KINDS[fmt]
             log.info("checking %s against the trained model", kind.file)
-            metrics = _parity(Classifier(bundle, artifact=kind.file, threads=threads), images, labels, reference)
+            classifier = Classifier(bundle, artifact=kind.file, threads=threads)
+            metrics = _parity(classifier, images, labels, reference)
+            golden_answers[kind.file] = golden_probs(classifier, images[golden_index])
             metrics["latency_threads"] = threads or usable_cpus()
             metrics["min_agreement"] = kind.min_agreement
             if kind.file in recipes:
@@ -567,6 +577,8 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, formats=("
                 result.failed.append(_failure_message(kind.file, kind, metrics, quantization))
         if result.failed and not force:
             raise ExportError("\n".join(result.failed))
+        write_golden(staging, images[golden_index], labels[golden_index], golden_answers)
+        bundle.golden = golden_entry(staging, list(golden_answers), computed_on())
         (staging / BUNDLE_FILE).write_text(json.dumps(bundle.to_dict(), indent=2))
         _write_report(staging, bundle, info)
     result.seconds = time.perf_counter() - started

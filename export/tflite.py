@@ -14,10 +14,11 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 import warnings
 
 import numpy as np
+
+from edgevision.tflogs import STDIO_REDIRECT_LOCK
 
 log = logging.getLogger("edgevision.export")
 
@@ -42,7 +43,7 @@ class _HoldConverterRecords(logging.Filter):
         return False
 
 
-_CONVERTING = threading.Lock()  # one redirection of the process's stdout/stderr at a time
+_CONVERTING = STDIO_REDIRECT_LOCK  # shared with the runtime's LiteRT notice filter
 
 
 @contextlib.contextmanager

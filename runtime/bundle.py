@@ -86,6 +86,8 @@ class Bundle:
     # Normalization is inside every graph: models take raw 0-255 RGB pixels.
     normalization: str = "in_graph"
     provenance: dict = field(default_factory=dict)
+    # Golden predictions for `edgevision verify` (runtime/golden.py): file, sha256, bytes, images, artifacts.
+    golden: dict | None = None
     schema_version: int = SCHEMA_VERSION
     folder: Path | None = None
 
@@ -115,6 +117,7 @@ class Bundle:
             "default_artifact": self.default_artifact,
             "artifacts": {name: asdict(a) for name, a in self.artifacts.items()},
             "provenance": self.provenance,
+            **({"golden": self.golden} if self.golden else {}),
         }
 
     @classmethod
@@ -132,6 +135,7 @@ class Bundle:
                 layout=data["input"]["layout"],
                 normalization=data.get("normalization", "in_graph"),
                 provenance=data.get("provenance", {}),
+                golden=data.get("golden"),
                 folder=folder,
             )
         except KeyError as missing:

@@ -26,6 +26,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from edgevision.tflogs import quiet_litert
+
 from .bundle import Artifact, BundleError, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -281,10 +283,11 @@ class LiteRTEngine(Engine):
         # Without a delegate the interpreter applies XNNPACK itself, with num_threads threads.
         delegates = [load_litert_delegate(delegate, module)] if delegate else None
         try:
-            self._interpreter = module.Interpreter(
-                model_path=str(self.path), num_threads=self.threads, experimental_delegates=delegates
-            )
-            self._interpreter.allocate_tensors()
+            with quiet_litert():
+                self._interpreter = module.Interpreter(
+                    model_path=str(self.path), num_threads=self.threads, experimental_delegates=delegates
+                )
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise EngineError(f"LiteRT could not load {where}: {error}") from None
         inputs = self._interpreter.get_input_details()

@@ -255,6 +255,36 @@ def tiny_bundle(tmp_path_factory) -> TinyBundle:
     )
 
 
+def add_golden(folder: Path, count: int = 32, seed: int = 7) -> Path:
+    """Give the bundle in `folder` a golden set computed here, as export does: `count` real-ish pictures
+    prepared to model size and every artifact's answers on them. Returns the golden file."""
+    from edgevision.runtime.bundle import BUNDLE_FILE, Bundle
+    from edgevision.runtime.classifier import Classifier
+    from edgevision.runtime.golden import golden_entry, golden_probs, write_golden
+    from edgevision.runtime.preprocess import prepare
+
+    bundle = Bundle.load(folder)
+    rng = np.random.default_rng(seed)
+    images = np.stack([prepare(realish_image(rng, 48, 64), bundle.preprocess, "bgr") for _ in range(count)])
+    labels = np.arange(count) % len(bundle.labels)
+    probs = {name: golden_probs(Classifier(bundle, artifact=name, threads=1), images) for name in bundle.artifacts}
+    path = write_golden(folder, images, labels, probs)
+    bundle.golden = golden_entry(folder, list(probs), {"machine": "test"})
+    (folder / BUNDLE_FILE).write_text(json.dumps(bundle.to_dict(), indent=2))
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden_bundle(tiny_bundle, tmp_path_factory) -> Path:
+    """The tiny bundle with a golden set (session-wide: copy it before changing it)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("golden") / "bundle"
+    shutil.copytree(tiny_bundle.folder, folder)
+    add_golden(folder)
+    return folder
+
+
 @pytest.fixture
 def realish_images():
     """Ten BGR pictures of assorted sizes and aspect ratios (fixed seed)."""

@@ -105,8 +105,26 @@ def full_bundle(run_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+def test_the_golden_set_holds_every_artifacts_answers_and_verifies(full_bundle, heldout):
+    from edgevision.runtime.golden import golden_probs, load_golden, verify_bundle
+
+    bundle = Bundle.load(full_bundle)
+    golden = load_golden(bundle)
+    assert bundle.golden["artifacts"] == list(bundle.artifacts) and set(golden.probs) == ALL_FILES
+    assert len(golden.images) == 32 and golden.images.shape[1:] == (SIZE, SIZE, 3)
+    assert np.bincount(golden.labels, minlength=3).min() >= 10  # the three classes in turn
+    images = heldout[0].reshape(len(heldout[0]), -1)
+    assert all((images == g.reshape(1, -1)).all(axis=1).any() for g in golden.images)  # held-out pictures
+    for name in bundle.artifacts:
+        again = golden_probs(Classifier(bundle, artifact=name, threads=1), golden.images)
+        np.testing.assert_allclose(again, golden.probs[name], atol=1e-6)
+    assert all(r.passed for r in verify_bundle(full_bundle, "all", threads=1, profile=None))
+    assert "Golden predictions: 32 held-out images" in (full_bundle / "report.md").read_text()
+
+
+@pytest.mark.slow
 def test_every_artifact_is_written_and_described(full_bundle):
-    assert {p.name for p in full_bundle.iterdir()} == ALL_FILES | {BUNDLE_FILE, "report.md"}
+    assert {p.name for p in full_bundle.iterdir()} == ALL_FILES | {BUNDLE_FILE, "report.md", "golden.npz"}
     bundle = Bundle.load(full_bundle)
     assert bundle.default_artifact == "model_fp32.tflite"
     for name, artifact in bundle.artifacts.items():
