@@ -2,7 +2,8 @@
 
 A profile says which artifacts to prefer ("format:precision", best first), the engine threads, an
 optional LiteRT delegate, the onnxruntime execution providers, the camera to use and at what size,
-what to install, and how to run `edgevision run` as a systemd service.
+the OS image and Python it targets and how `edgevision deploy` sets it up, published speed figures with
+their sources, and how to run `edgevision run` as a systemd service.
 """
 
 from __future__ import annotations
@@ -31,6 +32,30 @@ class CameraSettings:
 
 
 @dataclass(frozen=True)
+class PlatformSpec:
+    """The device's OS image as deploy targets it: CPU architecture and the Python it ships."""
+
+    machine: str
+    python: str
+    os: str = ""
+
+
+@dataclass(frozen=True)
+class SetupSpec:
+    """How a deploy folder's install.sh prepares the device (see deploy/)."""
+
+    apt: tuple[str, ...] = ()
+    # The venv sees the system's packages (apt's picamera2, JetPack's OpenCV with GStreamer).
+    system_site_packages: bool = False
+    # numpy version apt ships, per Python version of the OS: system packages are built against it, so
+    # the venv keeps the same major version.
+    apt_numpy: dict = field(default_factory=dict)
+    # Use the system's OpenCV (with GStreamer) instead of the opencv-python-headless wheel.
+    system_opencv: bool = False
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     name: str
     title: str
@@ -39,7 +64,10 @@ class DeviceProfile:
     camera: CameraSettings
     delegate: str | None = None
     onnx_providers: tuple[str, ...] = ()
-    install: tuple[str, ...] = ()
+    platform: PlatformSpec = PlatformSpec("x86_64", "3.11")
+    setup: SetupSpec = SetupSpec()
+    # Published speed figures for these networks on this board, each with its source, and ours.
+    expected_speed: dict = field(default_factory=dict)
     service_after: tuple[str, ...] = ()
     service_groups: tuple[str, ...] = ()
     match: dict = field(default_factory=dict)
@@ -54,7 +82,11 @@ class DeviceProfile:
                 threads=data["threads"], delegate=data.get("delegate"),
                 camera=CameraSettings(camera["source"], tuple(camera["camera_size"]), int(camera["fps"]),
                                       camera.get("notes", "")),
-                onnx_providers=tuple(data.get("onnx_providers", ())), install=tuple(data.get("install", ())),
+                onnx_providers=tuple(data.get("onnx_providers", ())),
+                platform=PlatformSpec(**data["platform"]),
+                setup=SetupSpec(**{**data.get("setup", {}), "apt": tuple(data.get("setup", {}).get("apt", ())),
+                                   "notes": tuple(data.get("setup", {}).get("notes", ()))}),
+                expected_speed=dict(data.get("expected_speed", {})),
                 service_after=tuple(data.get("service", {}).get("after", ())),
                 service_groups=tuple(data.get("service", {}).get("groups", ())),
                 match=dict(data.get("match", {})), notes=data.get("notes", ""),

@@ -336,6 +336,119 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _add_verify(sub) -> None:
+    from edgevision.runtime.golden import TOLERANCES
+
+    tolerances = "; ".join(f"{precision}: {tol.describe()}" for precision, tol in TOLERANCES.items())
+    p = sub.add_parser(
+        "verify", help="prove this device computes what the export machine did, on the bundle's golden images",
+        description="Run the bundle's golden images (held-out pictures stored at model size by `edgevision export`) "
+        "through this machine's engine and compare with the answers the export machine recorded: per artifact, how "
+        "many labels are equal, the largest probability difference, and how many images stay within the "
+        f"tolerance of their precision ({tolerances}). Runtime only. Exits 1 when an artifact fails or cannot run.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE", help="folder written by `edgevision export`")
+    p.add_argument("--artifact", default=None,
+                   help="an artifact of the bundle, or all (default: the one `edgevision run` would use here)")
+    p.add_argument("--engine", default=None, help="litert or onnxruntime (default: by artifact format)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the profile's, else all cores)")
+    p.add_argument("--profile", default="auto", help="device profile: auto (detect this machine), none, or a name")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="probability difference every image must stay within, for every artifact (default: per precision)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per artifact instead of a line")
+    p.set_defaults(handler=_cmd_verify)
+
+
+def _cmd_verify(args) -> int:
+    from edgevision.runtime.golden import verify_bundle
+
+    profile = None if args.profile == "none" else args.profile
+    results = verify_bundle(args.bundle, args.artifact, engine=args.engine, threads=args.threads,
+                            tolerance=args.tolerance, profile=profile)
+    for result in results:
+        print(json.dumps(result.to_dict()) if args.json else result.line(), flush=True)
+    failed = [r.artifact for r in results if not r.passed]
+    if not args.json:
+        print(f"verify: {len(results) - len(failed)} of {len(results)} artifacts reproduce the export machine's "
+              "answers" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _add_deploy(sub) -> None:
+    from edgevision.devices.profiles import profile_names
+
+    p = sub.add_parser(
+        "deploy", help="make a folder that installs a bundle on a device, and install it there over ssh",
+        description="Write a self-contained deploy folder for one device profile: the bundle with only the artifacts "
+        "the profile runs (that passed their gate), this edgevision as a wheel, the pinned runtime requirements for "
+        "the device's Python, install.sh, the systemd unit and a README. With --host, copy it to each device over "
+        "ssh, run install.sh there (a new release that becomes current only after `edgevision verify` passes on "
+        "the device; the previous one keeps running otherwise), and print what each device reported.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE", help="folder written by `edgevision export`")
+    p.add_argument("--profile", required=True, help=f"device profile: {', '.join(profile_names())}")
+    p.add_argument("--out", default=None, help="deploy folder to write (required without --host)")
+    p.add_argument("--python-version", default=None,
+                   help="the device's Python, e.g. 3.13 for Raspberry Pi OS Trixie (default: the profile's OS image's)")
+    p.add_argument("--wheels", action="store_true",
+                   help="download every requirement for the device's platform into wheels/, to install offline")
+    p.add_argument("--source", default=None, help="camera source of the service (default: the profile's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing deploy folder")
+    r = p.add_argument_group("over ssh")
+    r.add_argument("--host", action="append", default=[], metavar="[USER@]HOST[:PORT]",
+                   help="device to install on (repeat for several; they deploy in parallel)")
+    r.add_argument("--hosts-file", default=None, help="file with one [user@]host[:port] per line")
+    r.add_argument("--prefix", default=None, help="install folder on the device (default ~/edgevision)")
+    r.add_argument("--service", default="yes", choices=("yes", "no", "auto"),
+                   help="install, enable and restart the systemd service (default yes; needs root or passwordless "
+                   "sudo on the device; auto: where possible)")
+    r.add_argument("--no-apt", action="store_true", help="do not install the profile's apt packages on the device")
+    r.add_argument("--pip-index-url", default=None, help="extra package index on the device (e.g. for onnxruntime-gpu)")
+    r.add_argument("--ssh-option", action="append", default=[], metavar="OPTION",
+                   help="passed to ssh as -o OPTION (repeatable), e.g. IdentityFile=~/.ssh/pi")
+    r.add_argument("--parallel", type=int, default=8, help="hosts deployed at once (default 8)")
+    r.add_argument("--dry-run", action="store_true", help="write the folder and print the ssh commands, run none")
+    p.set_defaults(handler=_cmd_deploy)
+
+
+def _cmd_deploy(args) -> int:
+    import tempfile
+
+    from edgevision.deploy.folder import DeployConfig, deploy_folder
+    from edgevision.deploy.remote import Host, RemoteConfig, deploy_hosts, plan, read_hosts_file
+
+    hosts = [Host.parse(h) for h in args.host] + (read_hosts_file(args.hosts_file) if args.hosts_file else [])
+    if args.out is None and not hosts:
+        raise CLIError("--out DIR is required unless you deploy to a --host")
+    remote = RemoteConfig(prefix=args.prefix, service=args.service, apt=not args.no_apt,
+                          pip_index_url=args.pip_index_url, ssh_options=tuple(args.ssh_option), parallel=args.parallel)
+    config = DeployConfig(profile=args.profile, python_version=args.python_version, wheels=args.wheels,
+                          source=args.source, overwrite=args.overwrite)
+    with tempfile.TemporaryDirectory(prefix="edgevision-deploy-") as scratch:
+        out = args.out or os.path.join(scratch, "deploy")
+        folder = deploy_folder(args.bundle, out, config)
+        print(f"wrote {folder.path}: profile {folder.profile}, Python {folder.python_version}, artifacts "
+              f"{', '.join(folder.artifacts)}" + (f", {folder.wheels} wheels" if args.wheels else "")
+              + f" ({folder.seconds:.0f} s)", flush=True)
+        if not hosts:
+            return 0
+        if args.dry_run:
+            for host in hosts:
+                print(f"# {host}")
+                print("\n".join(plan(folder.path, host, remote)))
+            return 0
+
+        def report(result) -> None:
+            print(f"--- {result.host}\n{result.output.rstrip()}" if result.output else f"--- {result.host}", flush=True)
+            print(result.line(), flush=True)
+
+        results = deploy_hosts(folder.path, hosts, remote, folder.info["machine"], on_result=report)
+    failed = [r for r in results if not r.ok]
+    print(f"deploy: {len(results) - len(failed)} of {len(results)} hosts ok"
+          + (f"; failed: {', '.join(r.host for r in failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench", help="measure where a camera loop's time goes on this machine",
@@ -403,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgevision {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_export, _add_bench_export, _add_run, _add_bench, _add_demo):
+    for add in (_add_train, _add_export, _add_bench_export, _add_run, _add_verify, _add_deploy, _add_bench,
+                _add_demo):
         add(sub)
     return parser
 

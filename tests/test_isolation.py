@@ -1,5 +1,5 @@
-"""A device install needs no training stack: runtime/ and devices/ work with TensorFlow, Keras, JAX and
-torch made unimportable, the layering (devices <- runtime <- train/export) holds in the source, and
+"""A device install needs no training stack: runtime/, devices/ and deploy/ work with TensorFlow, Keras, JAX
+and torch made unimportable, the layering (devices <- runtime <- deploy, train/export) holds in the source, and
 one decoder (devices/imagefile.py) reads every image file."""
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ CHILD = textwrap.dedent(
         m for m in sys.modules if m.startswith(("edgevision.runtime", "edgevision.train", "edgevision.export"))
     )
     report["runtime_modules"] = import_all("edgevision.runtime")
+    report["deploy_modules"] = import_all("edgevision.deploy")
 
     import numpy as np
     from edgevision.runtime.classifier import Classifier
@@ -79,8 +80,9 @@ def test_runtime_and_devices_work_without_the_training_stack(tiny_bundle):
     assert report["heavy_loaded"] == []
     assert report["after_devices"] == [], "devices/ imported another layer"
     assert "edgevision.devices.sources" in report["devices_modules"]
-    for module in ("engines", "classifier", "loop", "bundle", "preprocess"):
+    for module in ("engines", "classifier", "loop", "bundle", "preprocess", "golden"):
         assert f"edgevision.runtime.{module}" in report["runtime_modules"]
+    assert "edgevision.deploy.remote" in report["deploy_modules"]
     assert set(report["predictions"]) == set(artifacts)
     for label, score in report["predictions"].values():
         assert label in tiny_bundle.labels and 0.0 < score <= 1.0
@@ -88,11 +90,12 @@ def test_runtime_and_devices_work_without_the_training_stack(tiny_bundle):
 
 # --- the same rules, read from the source (fast, and names the offending line) ---
 
-LAYERS = {"devices": "devices", "runtime": "runtime", "train": "train", "export": "export"}
+LAYERS = {"devices": "devices", "runtime": "runtime", "deploy": "deploy", "train": "train", "export": "export"}
 # What each device-side folder may never import, anywhere (lazily or not).
 NEVER = {
     "devices": ("edgevision.runtime", "edgevision.train", "edgevision.export"),
-    "runtime": ("edgevision.train", "edgevision.export"),
+    "runtime": ("edgevision.train", "edgevision.export", "edgevision.deploy"),
+    "deploy": ("edgevision.train", "edgevision.export"),
 }
 
 
@@ -117,7 +120,7 @@ def _imports(tree: ast.AST, package: str):
     yield from visit(tree, True)
 
 
-@pytest.mark.parametrize("package", ["devices", "runtime"])
+@pytest.mark.parametrize("package", ["devices", "runtime", "deploy"])
 def test_device_side_imports_follow_the_layers(package):
     offences = []
     for path in sorted((ROOT / LAYERS[package]).rglob("*.py")):

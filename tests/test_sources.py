@@ -241,12 +241,19 @@ def test_every_profile_loads_and_is_complete():
     assert set(names) == {"raspberry-pi-4", "raspberry-pi-5", "jetson-nano", "jetson-orin-nano", "generic-x86-64"}
     for name in names:
         profile = load_profile(name)
-        assert profile.name == name and profile.artifacts and profile.install
+        assert profile.name == name and profile.artifacts
+        assert profile.platform.machine in ("aarch64", "x86_64") and profile.platform.python in ("3.10", "3.11")
+        # Every profile states what is known about its speed: published figures with a source, or "unknown".
+        for figure in profile.expected_speed["published"]:
+            assert figure["source"].startswith("https://") and figure["figure"] and figure["model"]
+        assert profile.expected_speed["ours"]
         assert profile.threads is None or profile.threads >= 1
         unit = profile.systemd_unit("/srv/bundle")
         assert f"--profile {name}" in unit and "Restart=always" in unit and "KillSignal=SIGTERM" in unit
         assert f"--source {profile.camera.source}" in unit
     assert load_profile("raspberry-pi-4").camera.source == "picamera2"
+    assert load_profile("raspberry-pi-4").setup.system_site_packages  # apt's picamera2 must be importable
+    assert load_profile("jetson-orin-nano").setup.system_opencv  # JetPack's OpenCV has GStreamer for csi://
     assert load_profile("jetson-orin-nano").onnx_providers[0] == "TensorrtExecutionProvider"
     assert "After=network-online.target nvargus-daemon.service" in load_profile("jetson-nano").systemd_unit("/b")
 
