@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from edgevision.devices.profiles import DeviceProfile
 
-NUMPY2 = (
-    'numpy==2.2.6; python_version < "3.11"',
-    'numpy==2.4.6; python_version >= "3.11"',
-)
-NUMPY1 = ("numpy==1.26.4", "ml-dtypes==0.5.4")  # ml-dtypes (LiteRT's) 0.6 needs numpy 2
+# Each file is for one Python, so versions are chosen here rather than by environment markers (which
+# `pip download --python-version` would judge by the downloading machine's Python).
+NUMPY2 = {"3.10": ("numpy==2.2.6",), "newer": ("numpy==2.4.6",)}
+NUMPY1 = {"any": ("numpy==1.26.4", "ml-dtypes==0.5.4")}  # ml-dtypes (LiteRT's) 0.6 needs numpy 2
 OPENCV = {1: "opencv-python-headless==4.11.0.86", 2: "opencv-python-headless==5.0.0.93"}
 ENGINES = {
-    "litert": ("ai-edge-litert==2.3.0",),
-    "onnxruntime": ('onnxruntime==1.23.2; python_version < "3.11"', 'onnxruntime==1.32.0; python_version >= "3.11"'),
+    "litert": {"any": ("ai-edge-litert==2.3.0",)},
+    "onnxruntime": {"3.10": ("onnxruntime==1.23.2",), "newer": ("onnxruntime==1.32.0",)},  # 1.24+ needs 3.11
 }
+
+
+def _for(python: str, pins: dict) -> tuple[str, ...]:
+    return pins.get(python) or pins.get("any") or pins["newer"]
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 
 
@@ -41,9 +44,9 @@ def runtime_requirements(profile: DeviceProfile, python: str, engines: set[str] 
     major = numpy_major(profile, python)
     if major == 1 and python not in ("3.10", "3.11", "3.12"):
         raise ValueError(f"numpy 1 has no wheels for Python {python}")
-    lines = list(NUMPY1 if major == 1 else NUMPY2)
+    lines = list(_for(python, NUMPY1 if major == 1 else NUMPY2))
     if not profile.setup.system_opencv:
         lines.append(OPENCV[major])
     for engine in sorted(engines):
-        lines.extend(ENGINES[engine])
+        lines.extend(_for(python, ENGINES[engine]))
     return lines

@@ -439,7 +439,8 @@ def _cmd_deploy(args) -> int:
             return 0
 
         def report(result) -> None:
-            print(f"--- {result.host}\n{result.output.rstrip()}" if result.output else f"--- {result.host}", flush=True)
+            if result.output:
+                print(f"--- {result.host}\n{result.output.rstrip()}", flush=True)
             print(result.line(), flush=True)
 
         results = deploy_hosts(folder.path, hosts, remote, folder.info["machine"], on_result=report)
