@@ -24,7 +24,7 @@ Installs the edgevision runtime and this bundle for profile $PROFILE into DIR (d
 verifies it, and (with --service yes, or auto where systemd runs and root or passwordless sudo is at
 hand) installs and restarts the systemd service $SERVICE_NAME.
   --no-apt             do not install the apt packages the profile lists ($APT_PACKAGES)
-  --pip-index-url URL  an extra package index, e.g. NVIDIA's onnxruntime-gpu for JetPack
+  --pip-index-url URL  an extra package index for pip (e.g. a local mirror)
   --keep N             releases to keep, the current one included (default 3)
 EOF
 }
