@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgevision.runtime.atomic import atomic_directory, refuse_inputs
-from edgevision.runtime.bundle import BUNDLE_FILE, Bundle, BundleError
+from edgevision.runtime.bundle import BUNDLE_FILE, Bundle
+from edgevision.runtime.engines import DEFAULT_ENGINE
 
 from edgevision.devices.profiles import DeviceProfile, load_profile
 
@@ -34,7 +35,6 @@ from .wheel import build_wheel
 
 SERVICE_NAME = "edgevision"
 INSTALLER = Path(__file__).with_name("install.sh")
-ENGINE_OF_FORMAT = {"tflite": "litert", "onnx": "onnxruntime"}
 # manylinux tags a device's pip accepts (glibc 2.28 or newer: Debian 10+, Ubuntu 20.04+, Raspberry Pi OS).
 MANYLINUX = ("manylinux2014", "manylinux_2_17", "manylinux_2_24", "manylinux_2_27", "manylinux_2_28")
 
@@ -90,9 +90,6 @@ def _pruned_bundle(bundle: Bundle, keep: list[str], folder: Path) -> None:
     data["default_artifact"] = keep[0]
     for name in keep:
         shutil.copy2(bundle.verified_path(name), folder / bundle.artifacts[name].file)
-    from edgevision.runtime.golden import load_golden
-
-    load_golden(bundle)  # size + sha256 + shapes, before it is copied
     shutil.copy2(bundle.folder / bundle.golden["file"], folder / bundle.golden["file"])
     data["golden"] = {**bundle.golden, "artifacts": [n for n in bundle.golden.get("artifacts", []) if n in keep]}
     report = bundle.folder / "report.md"
@@ -183,10 +180,16 @@ def deploy_folder(bundle_dir: str | os.PathLike, out_dir: str | os.PathLike, con
     if not bundle.golden:
         raise DeployError(f"Bundle '{bundle_dir}' has no golden predictions, so the device could not verify it; "
                           "export it again with this edgevision")
+    from edgevision.runtime.golden import load_golden
+
+    unanswered = [name for name in keep if name not in load_golden(bundle).probs]
+    if unanswered:
+        raise DeployError(f"Bundle '{bundle_dir}': the golden set has no answers for {', '.join(unanswered)}, so the "
+                          "device could not verify them; export the bundle again")
     try:
         numpy_major(profile, python)
         pythons = [p for p in SUPPORTED_PYTHONS if numpy_major(profile, p) == 2 or p in ("3.10", "3.11", "3.12")]
-        engines = {ENGINE_OF_FORMAT[bundle.artifacts[name].format] for name in keep}
+        engines = {DEFAULT_ENGINE[bundle.artifacts[name].format] for name in keep}
         requirements = {p: runtime_requirements(profile, p, engines) for p in pythons}
     except ValueError as bad:
         raise DeployError(str(bad)) from None

@@ -12,6 +12,10 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 
 PREFIX="$HOME/edgevision"
 SERVICE=auto
+# Where systemd lives; overridable so the service steps can be tested without a running systemd.
+SYSTEMD_RUN="${EDGEVISION_SYSTEMD_RUN:-/run/systemd/system}"
+UNIT_DIR="${EDGEVISION_UNIT_DIR:-/etc/systemd/system}"
+SYSTEMCTL="${EDGEVISION_SYSTEMCTL:-systemctl}"
 APT=yes
 INDEX_URL=""
 KEEP=3
@@ -44,7 +48,14 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$SERVICE" in auto|yes|no) ;; *) fail "--service must be auto, yes or no, got '$SERVICE'" 2 ;; esac
-case "$KEEP" in ''|*[!0-9]*|0) fail "--keep must be a positive number, got '$KEEP'" 2 ;; esac
+[[ "$KEEP" =~ ^[1-9][0-9]*$ ]] || fail "--keep must be a positive number, got '$KEEP'" 2
+case "$PREFIX" in "~") PREFIX="$HOME" ;; "~/"*) PREFIX="$HOME/${PREFIX#"~/"}" ;; esac
+# The unit file names PREFIX unquoted: keep it to characters systemd and sed take as they are.
+case "$PREFIX" in
+  /*) ;;
+  *) fail "--prefix must be an absolute folder (or start with ~/), got '$PREFIX'" 2 ;;
+esac
+case "$PREFIX" in *[!A-Za-z0-9._/+-]*) fail "--prefix '$PREFIX' may hold only letters, digits and . _ / + -" 2 ;; esac
 
 # Root for apt and systemd: root itself, or sudo that never asks for a password (nobody is there to type it).
 as_root() {
@@ -54,11 +65,14 @@ as_root() {
   fi
 }
 
-# 1. The device: architecture and a Python 3.10+.
+# 1. The device: architecture and a Python 3.10+ (a 32-bit Python on a 64-bit kernel counts as 32-bit:
+# the wheels are for the Python, not the kernel).
 MACHINE="$(uname -m)"
 [ "$MACHINE" = "$TARGET_MACHINE" ] || fail "this device is $MACHINE; this deploy folder was made for $TARGET_MACHINE (profile $PROFILE)" 3
 PYTHON="$(command -v python3 || true)"
 [ -n "$PYTHON" ] || fail "this device has no python3; edgevision needs Python 3.10 or newer" 3
+BITS="$("$PYTHON" -c 'import struct; print(struct.calcsize("P") * 8)')"
+[ "$BITS" = 64 ] || fail "this device's python3 is a ${BITS}-bit build on a $MACHINE kernel; the runtime's wheels need a 64-bit Python (64-bit Raspberry Pi OS)" 3
 PYV="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
   || fail "this device has Python $PYV; edgevision needs Python 3.10 or newer" 3
@@ -78,15 +92,21 @@ if [ -n "$missing" ]; then
     say "not installing apt packages (--no-apt):$missing"
   else
     say "apt install$missing"
-    rc=0; as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null || rc=$?
+    rc=0; as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || rc=$?
+    [ "$rc" = 0 ] && { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null || rc=$?; }
     [ "$rc" = 99 ] && fail "installing$missing needs root: log in as a user with passwordless sudo, or run 'sudo apt install$missing' once" 4
     [ "$rc" = 0 ] || fail "apt-get install$missing failed (exit $rc)" 4
   fi
 fi
 
-# 3. A new release: its own venv and bundle.
+# 3. A new release: its own venv and bundle. One install at a time per PREFIX (two deploys reaching the
+# same device under two names must not switch `current` under each other).
 mkdir -p "$PREFIX/releases"
 PREFIX="$(cd "$PREFIX" && pwd)"
+if command -v flock >/dev/null; then
+  exec 9> "$PREFIX/.install.lock"
+  flock -w 1800 9 || fail "another install into $PREFIX is still running" 4
+fi
 RELEASE="$(date +%Y%m%d-%H%M%S)-$$"
 REL="$PREFIX/releases/$RELEASE"
 cleanup() { rm -rf "$REL"; }
@@ -115,32 +135,52 @@ say "verifying the bundle on this device"
 # 5. The service file, before anything switches (a missing sudo must not leave a half-done deploy).
 WANT_SERVICE=no
 if [ "$SERVICE" != no ]; then
-  if [ -d /run/systemd/system ] && as_root true; then
+  if [ -d "$SYSTEMD_RUN" ] && as_root true; then
     WANT_SERVICE=yes
   elif [ "$SERVICE" = yes ]; then
-    [ -d /run/systemd/system ] || fail "--service yes but systemd is not running on this device" 6
+    [ -d "$SYSTEMD_RUN" ] || fail "--service yes but systemd is not running on this device" 6
     fail "--service yes needs root or passwordless sudo to install $SERVICE_NAME.service" 6
   fi
 fi
 if [ "$WANT_SERVICE" = yes ]; then
-  as_root install -m 644 "$REL/$SERVICE_NAME.service" "/etc/systemd/system/$SERVICE_NAME.service" \
-    || fail "could not write /etc/systemd/system/$SERVICE_NAME.service" 6
-  as_root systemctl daemon-reload
-  as_root systemctl enable "$SERVICE_NAME.service" >/dev/null 2>&1 || fail "systemctl enable $SERVICE_NAME failed" 6
+  as_root install -m 644 "$REL/$SERVICE_NAME.service" "$UNIT_DIR/$SERVICE_NAME.service" \
+    || fail "could not write $UNIT_DIR/$SERVICE_NAME.service" 6
+  as_root "$SYSTEMCTL" daemon-reload
+  as_root "$SYSTEMCTL" enable "$SERVICE_NAME.service" >/dev/null 2>&1 || fail "systemctl enable $SERVICE_NAME failed" 6
 fi
 
 # 6. Switch: one rename, so `current` is always a whole release.
-ln -sfn "releases/$RELEASE" "$PREFIX/current.new"
-mv -Tf "$PREFIX/current.new" "$PREFIX/current"
-trap - EXIT
+PREVIOUS="$(readlink "$PREFIX/current" 2>/dev/null || true)"
+switch_to() {
+  ln -sfn "$1" "$PREFIX/current.new.$RELEASE"
+  mv -Tf "$PREFIX/current.new.$RELEASE" "$PREFIX/current"
+}
+switch_to "releases/$RELEASE"
 say "current -> releases/$RELEASE"
 if [ "$WANT_SERVICE" = yes ]; then
-  as_root systemctl restart "$SERVICE_NAME.service" || fail "systemctl restart $SERVICE_NAME failed" 6
-  sleep 3
-  state="$(systemctl is-active "$SERVICE_NAME.service" || true)"
-  [ "$state" = active ] || fail "$SERVICE_NAME.service is $state after the restart: journalctl -u $SERVICE_NAME" 6
+  state=failed
+  if as_root "$SYSTEMCTL" restart "$SERVICE_NAME.service"; then
+    sleep 3
+    state="$("$SYSTEMCTL" is-active "$SERVICE_NAME.service" || true)"
+  fi
+  if [ "$state" != active ]; then
+    # The new release verified but does not run as a service (often the camera): put the previous one back.
+    if [ -n "$PREVIOUS" ] && [ -d "$PREFIX/$PREVIOUS" ]; then
+      switch_to "$PREVIOUS"
+      as_root install -m 644 "$PREFIX/$PREVIOUS/$SERVICE_NAME.service" "$UNIT_DIR/$SERVICE_NAME.service" || true
+      as_root "$SYSTEMCTL" daemon-reload || true
+      as_root "$SYSTEMCTL" restart "$SERVICE_NAME.service" || true
+      fail "$SERVICE_NAME.service was $state with the new release (journalctl -u $SERVICE_NAME); back on $PREVIOUS" 6
+    fi
+    # The first install: nothing to go back to, so nothing stays installed or enabled.
+    as_root "$SYSTEMCTL" disable --now "$SERVICE_NAME.service" >/dev/null 2>&1 || true
+    rm -f "$PREFIX/current"
+    fail "$SERVICE_NAME.service is $state after the restart: journalctl -u $SERVICE_NAME" 6
+  fi
+  trap - EXIT
   say "service $SERVICE_NAME: active"
 else
+  trap - EXIT
   say "service: not installed (--service $SERVICE); unit file at $PREFIX/current/$SERVICE_NAME.service"
 fi
 

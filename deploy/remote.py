@@ -24,7 +24,8 @@ from .folder import DeployError
 
 # install.sh's exit statuses -> what they mean (see install.sh).
 INSTALL_EXITS = {2: "bad install.sh options", 3: "the device cannot run it", 4: "the install failed",
-                 5: "verify failed on the device", 6: "the service could not be installed or started"}
+                 5: "verify failed on the device", 6: "the service could not be installed or started",
+                 124: "the install took too long"}
 _HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?$")
 
 
@@ -68,9 +69,12 @@ class RemoteConfig:
     service: str = "yes"
     apt: bool = True
     pip_index_url: str | None = None
+    keep: int = 3
     ssh_options: tuple[str, ...] = ()
     connect_timeout: int = 10
     parallel: int = 8
+    # The install step's limit, enforced on the device too (`timeout`), so an install cut off here
+    # cannot go on to switch releases there after the host was reported as failed.
     install_timeout: float = 1800.0
 
     def __post_init__(self) -> None:
@@ -78,6 +82,10 @@ class RemoteConfig:
             raise DeployError(f"service {self.service!r} is invalid; choose auto, yes or no")
         if self.parallel < 1:
             raise DeployError(f"parallel must be at least 1, got {self.parallel}")
+        if self.keep < 1:
+            raise DeployError(f"keep must be at least 1 release, got {self.keep}")
+        if not self.install_timeout > 0:
+            raise DeployError(f"install timeout must be positive seconds, got {self.install_timeout}")
 
 
 @dataclass
@@ -95,7 +103,9 @@ class HostResult:
 
 
 def ssh_command(host: Host, config: RemoteConfig, remote: str) -> list[str]:
-    command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={config.connect_timeout}"]
+    # Keep-alives: a device that drops off the network mid-install is noticed within a minute.
+    command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={config.connect_timeout}",
+               "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
     for option in config.ssh_options:
         command += ["-o", option]
     if host.port:
@@ -104,12 +114,14 @@ def ssh_command(host: Host, config: RemoteConfig, remote: str) -> list[str]:
 
 
 # Printed by the check: Python version and machine, or NOPYTHON.
-_CHECK = ("command -v python3 >/dev/null 2>&1 && python3 -c 'import platform, sys; "
-          "print(\"%d.%d %s\" % (sys.version_info[0], sys.version_info[1], platform.machine()))' || echo NOPYTHON")
+# A 32-bit Python on a 64-bit kernel reports the kernel's machine: say "32-bit" instead.
+_CHECK = ("command -v python3 >/dev/null 2>&1 && python3 -c 'import platform, struct, sys; "
+          "print(\"%d.%d %s\" % (sys.version_info[0], sys.version_info[1], platform.machine() "
+          "if struct.calcsize(\"P\") == 8 else \"32-bit\"))' || echo NOPYTHON")
 
 
 def _install_command(stage: str, config: RemoteConfig) -> str:
-    args = ["--service", config.service]
+    args = ["--service", config.service, "--keep", str(config.keep)]
     if config.prefix:
         args += ["--prefix", config.prefix]
     if not config.apt:
@@ -118,7 +130,9 @@ def _install_command(stage: str, config: RemoteConfig) -> str:
         args += ["--pip-index-url", config.pip_index_url]
     quoted = " ".join(shlex.quote(a) for a in args)
     # The staged copy goes whatever install.sh decides; its exit status is the deploy's.
-    return f'bash "$HOME/{stage}/install.sh" {quoted}; rc=$?; rm -rf "$HOME/{stage}"; exit $rc'
+    limit = int(config.install_timeout)
+    return (f'timeout -k 30 {limit} bash "$HOME/{stage}/install.sh" {quoted}; rc=$?; rm -rf "$HOME/{stage}"; '
+            f'[ $rc = 124 ] && echo "install: error: stopped after {limit} s" >&2; exit $rc')
 
 
 def _tar_bytes(folder: Path) -> bytes:
@@ -173,6 +187,8 @@ def deploy_host(folder: Path, host: Host, config: RemoteConfig, machine: str, ta
             major, minor = (int(v) for v in version.split("."))
             if (major, minor) < (3, 10):
                 result.message = f"the host has Python {version}; edgevision needs Python 3.10 or newer"
+            elif arch == "32-bit":
+                result.message = f"the host's python3 is a 32-bit build; this deploy folder is for 64-bit {machine}"
             elif arch != machine:
                 result.message = f"the host is {arch}; this deploy folder is for {machine}"
             else:
@@ -184,7 +200,7 @@ def deploy_host(folder: Path, host: Host, config: RemoteConfig, machine: str, ta
                     result.message = f"copying the deploy folder failed: {_last_line(done.stderr)}"
                 else:
                     done = timed("install", ssh_command(host, config, _install_command(stage, config)),
-                                 config.install_timeout)
+                                 config.install_timeout + 60)
                     result.output = (done.stdout + done.stderr).decode(errors="replace")
                     if done.returncode == 0:
                         result.ok, result.step = True, "done"
@@ -207,6 +223,7 @@ def deploy_hosts(folder: str | Path, hosts: list[Host], config: RemoteConfig, ma
     folder = Path(folder)
     if not hosts:
         raise DeployError("No hosts to deploy to")
+    hosts = list(dict.fromkeys(hosts))  # the same host named twice deploys once
     tarball = _tar_bytes(folder)
 
     def one(host: Host) -> HostResult:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,8 @@ class DeviceProfile:
         after = " ".join(["network-online.target", *self.service_after])
         groups = " ".join(self.service_groups)
         source = source or self.camera.source
+        command = " ".join(systemd_quote(arg) for arg in (
+            f"{venv}/bin/edgevision", "run", bundle, "--source", source, "--profile", self.name))
         return "\n".join([
             "[Unit]",
             f"Description=edgevision camera classifier ({self.title})",
@@ -123,7 +126,7 @@ class DeviceProfile:
             "[Service]",
             f"User={user}",
             *([f"SupplementaryGroups={groups}"] if groups else []),
-            f"ExecStart={venv}/bin/edgevision run {bundle} --source {source} --profile {self.name}",
+            f"ExecStart={command}",
             "Restart=always",
             "RestartSec=5",
             "KillSignal=SIGTERM",
@@ -133,6 +136,15 @@ class DeviceProfile:
             "WantedBy=multi-user.target",
             "",
         ])
+
+
+def systemd_quote(arg: str) -> str:
+    """One argument of an ExecStart= line as systemd reads it back: `%` and `$` doubled (systemd expands
+    specifiers and variables), double quotes around anything with a space, quote or backslash."""
+    escaped = str(arg).replace("%", "%%").replace("$", "$$")
+    if re.fullmatch(r"[A-Za-z0-9._/:@+=,~-]+", escaped):
+        return escaped
+    return '"' + escaped.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def profile_names() -> list[str]:

@@ -403,7 +403,10 @@ def _add_deploy(sub) -> None:
                    help="install, enable and restart the systemd service (default yes; needs root or passwordless "
                    "sudo on the device; auto: where possible)")
     r.add_argument("--no-apt", action="store_true", help="do not install the profile's apt packages on the device")
-    r.add_argument("--pip-index-url", default=None, help="extra package index on the device (e.g. for onnxruntime-gpu)")
+    r.add_argument("--pip-index-url", default=None, help="extra package index for pip on the device (e.g. a local mirror)")
+    r.add_argument("--keep", type=int, default=3, help="releases kept on the device, the current one included (default 3)")
+    r.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds the install on each device may take (default 1800), enforced on the device too")
     r.add_argument("--ssh-option", action="append", default=[], metavar="OPTION",
                    help="passed to ssh as -o OPTION (repeatable), e.g. IdentityFile=~/.ssh/pi")
     r.add_argument("--parallel", type=int, default=8, help="hosts deployed at once (default 8)")
@@ -418,10 +421,12 @@ def _cmd_deploy(args) -> int:
     from edgevision.deploy.remote import Host, RemoteConfig, deploy_hosts, plan, read_hosts_file
 
     hosts = [Host.parse(h) for h in args.host] + (read_hosts_file(args.hosts_file) if args.hosts_file else [])
-    if args.out is None and not hosts:
-        raise CLIError("--out DIR is required unless you deploy to a --host")
+    if args.out is None and (not hosts or args.dry_run):
+        raise CLIError("--out DIR is required unless you deploy to a --host (and with --dry-run, so that the "
+                       "printed commands have a folder to copy)")
     remote = RemoteConfig(prefix=args.prefix, service=args.service, apt=not args.no_apt,
-                          pip_index_url=args.pip_index_url, ssh_options=tuple(args.ssh_option), parallel=args.parallel)
+                          pip_index_url=args.pip_index_url, keep=args.keep, ssh_options=tuple(args.ssh_option),
+                          parallel=args.parallel, install_timeout=args.timeout)
     config = DeployConfig(profile=args.profile, python_version=args.python_version, wheels=args.wheels,
                           source=args.source, overwrite=args.overwrite)
     with tempfile.TemporaryDirectory(prefix="edgevision-deploy-") as scratch:

@@ -60,7 +60,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _check_threads(threads: int | None) -> int | None:
+def check_threads(threads: int | None) -> int | None:
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
@@ -272,7 +272,7 @@ class LiteRTEngine(Engine):
 
     def __init__(self, path: str | os.PathLike, artifact: Artifact, threads: int | None = None,
                  delegate: str | None = None):
-        threads = _check_threads(threads)
+        threads = check_threads(threads)
         self.path = Path(path)
         self.artifact = artifact
         # The interpreter's own default is a single thread; None means all the cores we may use.
@@ -349,7 +349,7 @@ class OnnxEngine(Engine):
 
     def __init__(self, path: str | os.PathLike, artifact: Artifact, threads: int | None = None,
                  delegate: str | None = None, providers: tuple[str, ...] | None = None):
-        threads = _check_threads(threads)
+        threads = check_threads(threads)
         self.path = Path(path)
         self.artifact = artifact
         self.threads = threads
@@ -406,15 +406,20 @@ ENGINES: dict[str, type[Engine]] = {"litert": LiteRTEngine, "onnxruntime": OnnxE
 DEFAULT_ENGINE = {"tflite": "litert", "onnx": "onnxruntime"}
 
 
+def check_engine_name(engine: str) -> None:
+    """ValueError naming the engines (and the closest one) for a name that is not one of them."""
+    if engine not in ENGINES:
+        close = difflib.get_close_matches(str(engine), ENGINES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"Unknown engine {engine!r}; choose one of {', '.join(ENGINES)}{hint}")
+
+
 def resolve_engine(artifact: Artifact, engine: str | None = None) -> str:
     """The engine name for an artifact: the given one after checking it can read the format, else the
     default for the artifact's format."""
     if engine is None:
         return DEFAULT_ENGINE[artifact.format]
-    if engine not in ENGINES:
-        close = difflib.get_close_matches(str(engine), ENGINES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"Unknown engine {engine!r}; choose one of {', '.join(ENGINES)}{hint}")
+    check_engine_name(engine)
     if artifact.format not in ENGINES[engine].formats:
         raise ValueError(
             f"Engine {engine!r} cannot read {artifact.format} models ({artifact.file}); "

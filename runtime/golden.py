@@ -99,13 +99,17 @@ def load_golden(bundle: Bundle) -> GoldenSet:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as bad:
         raise BundleError(f"Golden file '{path}' cannot be read: {bad}") from None
     policy = bundle.preprocess
-    if images.dtype != np.uint8 or images.shape[1:] != (policy.height, policy.width, 3) or len(labels) != len(images):
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (policy.height, policy.width, 3) \
+            or len(images) == 0:
         raise BundleError(f"Golden file '{path}' holds {images.dtype} images of shape {images.shape}; the bundle "
-                          f"takes uint8 (N, {policy.height}, {policy.width}, 3)")
+                          f"takes uint8 (N, {policy.height}, {policy.width}, 3) with N >= 1")
+    if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu":
+        raise BundleError(f"Golden file '{path}' holds {labels.dtype} labels of shape {labels.shape}; expected "
+                          f"{len(images)} integer labels")
     for name, p in probs.items():
-        if p.shape != (len(images), len(bundle.labels)):
-            raise BundleError(f"Golden file '{path}': the answers of {name!r} have shape {p.shape}, expected "
-                              f"({len(images)}, {len(bundle.labels)})")
+        if p.dtype != np.float32 or p.shape != (len(images), len(bundle.labels)):
+            raise BundleError(f"Golden file '{path}': the answers of {name!r} are {p.dtype} of shape {p.shape}, "
+                              f"expected float32 ({len(images)}, {len(bundle.labels)})")
     return GoldenSet(images=images, labels=labels, probs=probs)
 
 
@@ -147,14 +151,16 @@ class VerifyResult:
 
 def compare_answers(device: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> dict:
     """Labels equal, the largest probability difference, how many images are within the tolerance, and
-    whether enough are."""
+    whether enough are. An engine that outputs NaN or infinity on any image fails, however few."""
+    finite = np.isfinite(device).all(axis=1)
     per_image = np.abs(device.astype(np.float64) - reference.astype(np.float64)).max(axis=1)
-    within = int((per_image <= tolerance.prob_diff).sum())  # NaN counts as outside
+    within = int(((per_image <= tolerance.prob_diff) & finite).sum())
     return {
-        "labels_equal": int((device.argmax(axis=1) == reference.argmax(axis=1)).sum()),
-        "max_prob_diff": float(np.nanmax(per_image)) if len(per_image) and not np.isnan(per_image).all() else float("nan"),
+        "labels_equal": int(((device.argmax(axis=1) == reference.argmax(axis=1)) & finite).sum()),
+        "max_prob_diff": float(per_image.max()) if len(per_image) else float("nan"),  # NaN if any is
         "within": within,
-        "passed": bool(len(per_image) > 0 and within >= np.ceil(tolerance.share * len(per_image) - 1e-9)),
+        "passed": bool(len(per_image) > 0 and finite.all()
+                       and within >= np.ceil(tolerance.share * len(per_image) - 1e-9)),
     }
 
 
@@ -178,7 +184,11 @@ def verify_artifact(bundle: Bundle, name: str, golden: GoldenSet, *, engine: str
         result.error = str(error)
         return result
     result.engine = classifier.engine.name
-    probs = golden_probs(classifier, golden.images)
+    try:
+        probs = golden_probs(classifier, golden.images)
+    except (EngineError, RuntimeError, ValueError) as error:
+        result.error = f"the engine failed on the golden images: {error}"
+        return result
     result.images = len(probs)
     for key, value in compare_answers(probs, reference, tol).items():
         setattr(result, key, value)
@@ -196,10 +206,15 @@ def verify_bundle(bundle: Bundle | str | os.PathLike, artifacts: str | None = No
     every image must stay within, instead of the per-precision TOLERANCES."""
     from .classifier import choose_artifact, resolve_profile
 
+    from .engines import check_engine_name, check_threads
+
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(bundle)
     golden = load_golden(bundle)
     profile = resolve_profile(profile)
+    if engine is not None:  # a bad argument, not a failed artifact
+        check_engine_name(engine)
+    check_threads(threads)
     if tolerance is not None:
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance <= 1:
             raise ValueError(f"tolerance {tolerance!r} is invalid; use a probability difference in (0, 1]")

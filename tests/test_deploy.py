@@ -149,9 +149,13 @@ def test_dry_run_prints_the_ssh_commands(bundle_copy, tmp_path, capsys):
                  "--host", "pi@cam1", "--host", "pi@cam2:2200", "--dry-run", "--ssh-option", "IdentityFile=/k"])
     out = capsys.readouterr().out
     assert code == 0 and "# pi@cam1\n" in out and "# pi@cam2:2200\n" in out
-    assert "ssh -o BatchMode=yes -o ConnectTimeout=10 -o IdentityFile=/k -p 2200 pi@cam2" in out
-    assert "install.sh\" --service yes" in out and f"tar -C {tmp_path / 'd'} -cf - ." in out
+    assert ("ssh -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 "
+            "-o IdentityFile=/k -p 2200 pi@cam2") in out
+    assert "install.sh\" --service yes --keep 3" in out and "timeout -k 30 1800 bash" in out
+    assert f"tar -C {tmp_path / 'd'} -cf - ." in out
     assert plan(tmp_path / "d", Host("cam"), RemoteConfig(service="no", apt=False))[2].count("--no-apt") == 1
+    assert main(["deploy", str(bundle_copy), "--profile", "raspberry-pi-4", "--host", "pi@cam1", "--dry-run"]) == 2
+    assert "--out DIR is required" in capsys.readouterr().err
 
 
 # --- install.sh, for real ---
@@ -175,20 +179,42 @@ def x86_deploy(golden_bundle, tmp_path_factory) -> Path:
     return out
 
 
-def _install(folder: Path, prefix: Path, python_bin: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{python_bin}:{os.environ['PATH']}", "HOME": str(prefix.parent)}
+def _install(folder: Path, prefix: Path, python_bin: Path, *args: str, env: dict | None = None
+             ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{python_bin}:{os.environ['PATH']}", "HOME": str(prefix.parent), **(env or {})}
     return subprocess.run(["bash", str(folder / "install.sh"), "--prefix", str(prefix), *args], env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+def _fake_systemd(folder: Path) -> dict:
+    """A systemctl that logs its calls and reports the state written in `state`; the env that points
+    install.sh at it (a running systemd, its unit folder)."""
+    (folder / "run").mkdir(parents=True)
+    (folder / "units").mkdir()
+    (folder / "state").write_text("active\n")
+    script = folder / "systemctl"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {folder}/calls\n'
+                      f'[ "$1" = is-active ] && {{ cat {folder}/state; [ "$(cat {folder}/state)" = active ]; exit; }}\n'
+                      'exit 0\n')
+    script.chmod(0o755)
+    return {"EDGEVISION_SYSTEMD_RUN": str(folder / "run"), "EDGEVISION_UNIT_DIR": str(folder / "units"),
+            "EDGEVISION_SYSTEMCTL": str(script)}
 
 
 @pytest.mark.slow
 def test_install_verifies_before_it_switches_and_keeps_the_old_release_on_failure(
         x86_deploy, golden_bundle, python_bin, tmp_path):
     prefix = tmp_path / "device" / "edgevision"
-    first = _install(x86_deploy, prefix, python_bin, "--service", "no")
+    systemd = _fake_systemd(tmp_path / "systemd")
+    first = _install(x86_deploy, prefix, python_bin, "--service", "yes", env=systemd)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "verify: 4 of 4 artifacts reproduce the export machine's answers" in first.stdout
-    assert "service: not installed (--service no)" in first.stdout and first.stderr == ""
+    assert "service edgevision: active" in first.stdout and first.stderr == ""
+    calls = (tmp_path / "systemd" / "calls").read_text().splitlines()
+    assert calls == ["daemon-reload", "enable edgevision.service", "restart edgevision.service",
+                     "is-active edgevision.service"]
+    installed_unit = (tmp_path / "systemd" / "units" / "edgevision.service").read_text()
+    assert f"ExecStart={prefix}/current/venv/bin/edgevision run {prefix}/current/bundle --source 0" in installed_unit
     current = (prefix / "current").resolve()
     assert current.parent == prefix / "releases"
     # The installed runtime has no training stack, and verifies on its own.
@@ -216,11 +242,23 @@ def test_install_verifies_before_it_switches_and_keeps_the_old_release_on_failur
     assert "verify failed" in second.stderr and "the previous release stays current" in second.stderr
     assert (prefix / "current").resolve() == current and len(list((prefix / "releases").iterdir())) == 1
 
-    # --service yes where systemd does not run (this test machine): refused before the switch.
-    if not Path("/run/systemd/system").is_dir():
-        third = _install(x86_deploy, prefix, python_bin, "--service", "yes")
-        assert third.returncode == 6 and "systemd is not running" in third.stderr
-        assert (prefix / "current").resolve() == current and len(list((prefix / "releases").iterdir())) == 1
+    # A release that verifies but whose service does not come up (a camera fault): the previous one is put
+    # back, with its unit, and restarted.
+    (tmp_path / "systemd" / "state").write_text("failed\n")
+    third = _install(x86_deploy, prefix, python_bin, "--service", "yes", env=systemd)
+    assert third.returncode == 6, third.stdout + third.stderr
+    assert f"edgevision.service was failed with the new release" in third.stderr
+    assert f"back on releases/{current.name}" in third.stderr
+    assert (prefix / "current").resolve() == current and len(list((prefix / "releases").iterdir())) == 1
+    assert (tmp_path / "systemd" / "units" / "edgevision.service").read_text() == installed_unit
+    assert (tmp_path / "systemd" / "calls").read_text().splitlines()[-2:] == ["daemon-reload",
+                                                                            "restart edgevision.service"]
+
+    # --service yes where systemd does not run: refused before the switch.
+    fourth = _install(x86_deploy, prefix, python_bin, "--service", "yes",
+                      env={"EDGEVISION_SYSTEMD_RUN": str(tmp_path / "no-systemd")})
+    assert fourth.returncode == 6 and "systemd is not running" in fourth.stderr
+    assert (prefix / "current").resolve() == current and len(list((prefix / "releases").iterdir())) == 1
 
 
 def test_install_refuses_a_device_it_was_not_made_for(golden_bundle, python_bin, tmp_path):
@@ -230,8 +268,12 @@ def test_install_refuses_a_device_it_was_not_made_for(golden_bundle, python_bin,
         pytest.skip("this machine is what a Pi is")
     assert done.returncode == 3
     assert f"this device is {os.uname().machine}; this deploy folder was made for aarch64" in done.stderr
-    bad = _install(folder, tmp_path / "p", python_bin, "--service", "sometimes")
-    assert bad.returncode == 2 and "--service must be auto, yes or no, got 'sometimes'" in bad.stderr
+    for args, message in ((["--service", "sometimes"], "--service must be auto, yes or no, got 'sometimes'"),
+                          (["--keep", "00"], "--keep must be a positive number, got '00'"),
+                          (["--prefix", str(tmp_path / "my device")], "may hold only letters, digits and . _ / + -"),
+                          (["--prefix", "relative/dir"], "--prefix must be an absolute folder (or start with ~/)")):
+        bad = _install(folder, tmp_path / "p", python_bin, *args)
+        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
 
 
 # --- over ssh, to an sshd on localhost ---
@@ -301,6 +343,8 @@ def sshd(tmp_path_factory, python_bin):
 def test_deploy_over_ssh_to_several_hosts_in_parallel(sshd, golden_bundle, tmp_path, capsys):
     good, old = sshd
     prefix = tmp_path / "remote" / "edgevision"
+    staged = Path.home() / ".edgevision-deploy"  # where the devices (this machine's root) get the copies
+    staged_before = set(staged.iterdir()) if staged.exists() else set()
     hosts = tmp_path / "hosts"
     hosts.write_text(f"root@localhost:{good.port}\nroot@127.0.0.1:{_free_port()}  # nobody listens\n")
     code = main(["deploy", str(golden_bundle), "--profile", "generic-x86-64", "--wheels", "--python-version", PYTHON,
@@ -323,5 +367,4 @@ def test_deploy_over_ssh_to_several_hosts_in_parallel(sshd, golden_bundle, tmp_p
     check = subprocess.run([str(prefix / "current/venv/bin/edgevision"), "verify", str(prefix / "current/bundle")],
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    staged = Path.home() / ".edgevision-deploy"  # the copies install.sh ran from are gone
-    assert not staged.exists() or not any(staged.iterdir())
+    assert (set(staged.iterdir()) if staged.exists() else set()) == staged_before  # the copies are gone

@@ -267,5 +267,5 @@ def test_force_writes_a_failing_bundle_marked_as_failing(run_dir, tmp_path, impo
     assert bundle.labels == LABELS
     assert bundle.provenance["dataset_fingerprint"] == "test-fingerprint"
     assert "FAIL" in (out / "report.md").read_text()
-    assert sorted(p.name for p in out.iterdir()) == [BUNDLE_FILE, "model_fp32.tflite", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [BUNDLE_FILE, "golden.npz", "model_fp32.tflite", "report.md"]
     assert _hidden_leftovers(tmp_path) == []

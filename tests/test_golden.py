@@ -77,6 +77,10 @@ def test_float_allows_no_outlier_int8_a_few():
     nudged[:8, 0] += 0.2  # eight: 24/32 < 80%
     assert not compare_answers(nudged, reference, TOLERANCES["int8"])["passed"]
     assert not compare_answers(reference * np.nan, reference, Tolerance(1.0))["passed"]  # NaN never passes
+    broken = reference.copy()
+    broken[:2] = np.nan  # two NaN rows of 32 would fit int8's 80%, but an engine emitting NaN is broken
+    outcome = compare_answers(broken, reference, TOLERANCES["int8"])
+    assert not outcome["passed"] and np.isnan(outcome["max_prob_diff"]) and outcome["labels_equal"] == 30
     tiny = reference.copy()
     tiny[:, 0] += 1e-3
     assert compare_answers(tiny, reference, TOLERANCES["fp32"]) == {
@@ -97,6 +101,25 @@ def test_a_damaged_golden_file_is_refused_before_it_is_read(bundle_copy, capsys)
         load_golden(Bundle.load(bundle_copy))
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.update(labels=np.int64(3)), "integer labels"),
+    (lambda a: a.update(images=a["images"][:0], labels=a["labels"][:0]), "with N >= 1"),
+    (lambda a: a.update(tflite_fp32=a["tflite_fp32"].astype(np.complex64)), "expected float32"),
+])
+def test_malformed_golden_arrays_are_refused_by_name(bundle_copy, change, message):
+    path = bundle_copy / "golden.npz"
+    with np.load(path) as data:
+        arrays = {key: data[key] for key in data.files}
+    change(arrays)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    meta = json.loads((bundle_copy / BUNDLE_FILE).read_text())
+    meta["golden"].update(sha256=file_sha256(path), bytes=path.stat().st_size)
+    (bundle_copy / BUNDLE_FILE).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=message):
+        load_golden(Bundle.load(bundle_copy))
+
+
 def test_a_bundle_without_golden_answers_says_how_to_get_them(tiny_bundle, capsys):
     assert main(["verify", str(tiny_bundle.folder), "--profile", "none"]) == 2
     assert "has no golden predictions (exported by an older edgevision): export it again" in capsys.readouterr().err
@@ -110,6 +133,11 @@ def test_bad_arguments_name_the_allowed_values(golden_bundle):
     # An engine that cannot open the artifact is a failed artifact, named, not a crash.
     result = verify_bundle(golden_bundle, "tflite_fp32", engine="onnxruntime", profile=None)[0]
     assert not result.passed and "onnxruntime" in result.error
+    # A bad engine name or thread count is the user's argument: refused before anything runs (exit 2).
+    with pytest.raises(ValueError, match="Unknown engine 'litrt'; choose one of litert, onnxruntime"):
+        verify_bundle(golden_bundle, engine="litrt", profile=None)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        verify_bundle(golden_bundle, threads=0, profile=None)
 
 
 def test_an_explicit_tolerance_applies_to_every_image(bundle_copy):
