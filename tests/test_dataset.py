@@ -215,6 +215,37 @@ def test_truncated_jpeg_text_png_and_notes_are_skipped_and_reported(tmp_path, mn
     assert "skipped files: 3" in ds.describe()
 
 
+def test_links_pipes_devices_and_non_utf8_names_neither_stop_nor_hang_a_run(tmp_path, mnist, caplog):
+    import os
+
+    from edgevision.train.dataset import index_image_folder, shown_path, skipped_report
+
+    root = make_folder(tmp_path / "ds", mnist, digits=(0, 1), per_class=6)
+    (root / "0" / "dangling.png").symlink_to(tmp_path / "gone.png")
+    (root / "0" / "loop_a.png").symlink_to("loop_b.png")
+    (root / "0" / "loop_b.png").symlink_to("loop_a.png")
+    os.mkfifo(root / "0" / "pipe.png")  # read, it would block forever
+    (root / "0" / "zero.png").symlink_to("/dev/zero")  # read, it never ends
+    odd = os.path.join(os.fsencode(root / "1"), b"\xff\xfe.png")  # not UTF-8
+    shutil.copy(next((root / "1").glob("*.png")), odd)
+    with caplog.at_level(logging.WARNING, logger="edgevision.train.dataset"):
+        index = index_image_folder(root, **NO_SPLIT)  # the streaming path lists without decoding
+        loaded = load_image_folder(root, POLICY, **NO_SPLIT)
+    bad = {"dangling.png", "loop_a.png", "loop_b.png", "pipe.png", "zero.png"}
+    for ds in (index, loaded):
+        assert {Path(s.path).name for s in ds.skipped} == bad
+        assert len(ds.train) == 13 and os.fsdecode(odd) in ds.train.paths
+    reasons = {Path(s.path).name: s.reason for s in index.skipped}
+    assert reasons["dangling.png"] == "could not read the file: No such file or directory"
+    assert reasons["loop_a.png"] == "could not read the file: Too many levels of symbolic links"
+    assert reasons["pipe.png"].startswith("not a regular file") and reasons["zero.png"].startswith("not a regular file")
+    assert index.fingerprint() == loaded.fingerprint()  # the odd name hashes as its bytes
+    assert shown_path(os.fsdecode(odd)).endswith("\\xff\\xfe.png")
+    lines = skipped_report(index.skipped).splitlines()
+    assert len(lines) == 5 and all("\t" in line for line in lines)
+    assert "could not be read or decoded" in caplog.records[0].getMessage()
+
+
 def test_files_directly_in_root_are_reported(tmp_path, mnist):
     root = make_folder(tmp_path / "ds", mnist, digits=(0, 1), per_class=2)
     (root / "README.md").write_text("hi")
@@ -361,7 +392,7 @@ def test_dataset_module_imports_no_heavy_frameworks():
             imported.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             imported.add(node.module.split(".")[0])
-    allowed = {"__future__", "hashlib", "logging", "math", "os", "zlib", "concurrent", "dataclasses",
+    allowed = {"__future__", "hashlib", "logging", "math", "os", "stat", "zlib", "concurrent", "dataclasses",
                "pathlib", "numpy", "tqdm", "edgevision"}
     assert imported <= allowed, imported - allowed
     assert not imported & {"tensorflow", "keras", "torch", "jax", "cv2"}

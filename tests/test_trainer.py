@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -273,7 +274,11 @@ def data(tmp_path_factory):
         pytest.skip(str(missing))
     # Imbalanced on purpose (class weights on): 24, 12 and 12 digits of 0, 1 and 7.
     idx = np.concatenate([np.flatnonzero(labels == digit)[:count] for digit, count in ((0, 24), (1, 12), (7, 12))])
-    return write_image_folder(images[idx], labels[idx], names, tmp_path_factory.mktemp("trainer") / "data")
+    root = write_image_folder(images[idx], labels[idx], names, tmp_path_factory.mktemp("trainer") / "data")
+    # Files a run skips and lists in skipped_files.txt: a note, and a link to a picture since deleted.
+    (root / "0" / "notes.txt").write_text("labelled by hand\n")
+    (root / "1" / "moved.png").symlink_to(root / "nowhere.png")
+    return root
 
 
 def test_preview_writes_a_grid_of_augmented_training_images_and_trains_nothing(data, tmp_path, capsys):
@@ -359,6 +364,9 @@ def test_the_report_describes_the_saved_model_on_the_heldout_images(run):
     assert report["accuracy"] == pytest.approx(info.metrics["test_accuracy"])
     for name in ("curves.png", "confusion_matrix.png"):
         assert cv2.imread(str(run / name)) is not None, name
+    skipped = dict(line.split("\t") for line in (run / "skipped_files.txt").read_text().splitlines())
+    assert {Path(p).name for p in skipped} == {"notes.txt", "moved.png"}
+    assert skipped[str(Path(info.dataset["root"]) / "1" / "moved.png")] == "could not read the file: No such file or directory"
 
 
 @pytest.mark.slow

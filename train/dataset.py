@@ -31,6 +31,7 @@ import hashlib
 import logging
 import math
 import os
+import stat
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -196,7 +197,8 @@ class DatasetIndex:
         digest = hashlib.sha256()
         for rel, size, name in entries:
             # Length-prefixed fields: no path or class name can collide with another split of the bytes.
-            for part in (rel.encode("utf-8"), str(size).encode("ascii"), name.encode("utf-8")):
+            # os.fsencode: a name that is not valid UTF-8 hashes as its bytes on disk.
+            for part in (os.fsencode(rel), str(size).encode("ascii"), os.fsencode(name)):
                 digest.update(len(part).to_bytes(4, "big"))
                 digest.update(part)
         return digest.hexdigest()
@@ -259,6 +261,18 @@ def _has_image_extension(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _not_a_readable_file(path: str) -> str | None:
+    """Why `path` cannot be one of the dataset's pictures (a dangling or looping link, a FIFO, a device,
+    a socket, a folder), or None. Found while listing, so no run stops or hangs on one later."""
+    try:
+        info = os.stat(path)  # follows links: a loop or a dangling link fails here
+    except OSError as err:
+        return f"could not read the file: {err.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a named pipe, device, socket or folder); only image files are read"
+    return None
+
+
 def _class_files(class_dir: str, skipped: list[SkippedFile]) -> list[str]:
     """Image files under one class folder (recursively, as Keras and torchvision do), sorted.
 
@@ -272,7 +286,11 @@ def _class_files(class_dir: str, skipped: list[SkippedFile]) -> list[str]:
                 continue
             path = os.path.join(current, name)
             if _has_image_extension(name):
-                found.append(path)
+                problem = _not_a_readable_file(path)
+                if problem:
+                    skipped.append(SkippedFile(path, problem))
+                else:
+                    found.append(path)
             else:
                 ext = os.path.splitext(name)[1] or "(none)"
                 skipped.append(
@@ -514,14 +532,28 @@ def _progress_bar(total: int):
     return tqdm(total=total, desc="Decoding images", unit="img")
 
 
+def shown_path(path: str) -> str:
+    """A path as it can be printed: bytes that are not UTF-8 (os.listdir keeps them as surrogates) as
+    \\xNN escapes, so the user sees which file is meant and no output stream fails on it."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+SKIPPED_FILE = "skipped_files.txt"
+
+
+def skipped_report(skipped: list[SkippedFile]) -> str:
+    """One "path<TAB>reason" line per skipped file (what a run writes to SKIPPED_FILE)."""
+    return "".join(f"{shown_path(s.path)}\t{s.reason}\n" for s in skipped)
+
+
 def _warn_skipped(root: str, skipped: list[SkippedFile]) -> None:
     if not skipped:
         return
     undecodable = sum(1 for s in skipped if not s.reason.startswith(("not an image extension", "not inside")))
-    listed = "; ".join(f"{s.path} ({s.reason})" for s in skipped[:_MAX_LISTED])
+    listed = "; ".join(f"{shown_path(s.path)} ({s.reason})" for s in skipped[:_MAX_LISTED])
     more = f"; and {len(skipped) - _MAX_LISTED} more" if len(skipped) > _MAX_LISTED else ""
     logger.warning(
-        "Skipped %d file(s) in %s (%d could not be decoded, %d are not images): %s%s",
+        "Skipped %d file(s) in %s (%d could not be read or decoded, %d are not images): %s%s",
         len(skipped), root, undecodable, len(skipped) - undecodable, listed, more,
     )
 

@@ -25,7 +25,8 @@ from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES, Preproce
 
 from .augment import AugmentConfig
 from .checkpoint import STATE_FILE, RunState, assign_arrays, load_checkpoint, restore_best, work_dir
-from .dataset import Dataset, DatasetIndex, IndexedSplit, index_image_folder, load_image_folder
+from .dataset import (SKIPPED_FILE, Dataset, DatasetIndex, IndexedSplit, index_image_folder, load_image_folder,
+                      skipped_report)
 from .decode_pool import DECODERS
 from .distribute import DISTRIBUTE_MODES
 from .model import ModelConfig, build_classifier, momentum_for, recalibrate_batchnorm, trainable_batchnorms, unfreeze
@@ -295,6 +296,8 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
         classifier.save(staging / MODEL_FILE)
         info.save(staging)
         write_report(staging, state.history, heldout.labels, predicted, dataset.labels, heldout_split)
+        if dataset.skipped:
+            (staging / SKIPPED_FILE).write_text(skipped_report(dataset.skipped), encoding="utf-8")
         if (work / LOGS_DIR).is_dir():
             shutil.copytree(work / LOGS_DIR, staging / LOGS_DIR)
     shutil.rmtree(work, ignore_errors=True)
