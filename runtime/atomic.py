@@ -4,11 +4,16 @@ looks complete: everything goes to a hidden temporary sibling first and is renam
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
+
+
+log = logging.getLogger("edgevision")
 
 
 def _umask() -> int:
@@ -38,6 +43,33 @@ def _check_parent_writable(target: Path) -> Path:
     return parent
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_leftovers(target: str | os.PathLike) -> list[Path]:
+    """Remove the hidden staging and old copies of `target` that a killed earlier run left beside it
+    (`.NAME.partial-PID-*`, `.NAME.old-PID-*` whose process is gone), saying so; returns them. A run
+    still writing keeps its folder."""
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:partial|old)-(\d+)-")
+    removed = []
+    with contextlib.suppress(OSError):
+        for leftover in target.parent.iterdir():
+            match = pattern.match(leftover.name)
+            if match and leftover.is_dir() and not leftover.is_symlink() and not _alive(int(match.group(1))):
+                shutil.rmtree(leftover, ignore_errors=True)
+                log.warning("removed '%s', left by an interrupted earlier run (process %s)", leftover, match.group(1))
+                removed.append(leftover)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
                      inputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
@@ -52,14 +84,16 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
     if target.exists() and not overwrite:
         raise FileExistsError(f"Output folder '{target}' already exists; choose another or pass overwrite (--overwrite)")
     parent = _check_parent_writable(target)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
+    remove_leftovers(target)
+    # The pid in the name tells a later run whether this folder's writer is still alive.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{os.getpid()}-", dir=parent))
     # mkdtemp makes a private (0700) folder; the result must be readable like any other new folder
     # (a device service often runs as another user).
     os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=parent))
             os.replace(target, old / target.name)
             try:
                 os.replace(staging, target)

@@ -227,3 +227,29 @@ def test_an_output_folder_that_holds_an_input_is_refused_before_anything_is_touc
             pass
     assert (data / "cat" / "1.png").read_bytes() == b"x"
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next_one(tmp_path, caplog):
+    import logging
+    import subprocess
+    import sys
+
+    # A run killed with -9 while writing `out`: its staging folder is named after a process that is gone.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f".out.partial-{gone.pid}-x1y2"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "model.tflite").write_bytes(b"half a model")
+    stale_old = tmp_path / f".out.old-{gone.pid}-z9"
+    stale_old.mkdir()
+    live = tmp_path / f".out.partial-{os.getpid()}-live"  # a run still writing: left alone
+    live.mkdir()
+    other = tmp_path / f".other.partial-{gone.pid}-q"  # another output's leftovers: not ours to judge
+    other.mkdir()
+    with caplog.at_level(logging.WARNING, logger="edgevision"):
+        with atomic_directory(tmp_path / "out") as staging:
+            (staging / "a.txt").write_text("new")
+    assert not stale.exists() and not stale_old.exists() and live.is_dir() and other.is_dir()
+    assert (tmp_path / "out" / "a.txt").read_text() == "new"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"removed '{stale}', left by an interrupted earlier run (process {gone.pid})" == m for m in messages)
