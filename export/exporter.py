@@ -243,8 +243,14 @@ class ExportResult:
 
 def load_trained_model(info: RunInfo):
     """Load the run's Keras model and check that it is the classifier run.json describes."""
+    import zipfile
+
     import keras
 
+    path = Path(info.model_path)
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise ExportError(f"'{path}' is not a Keras model file: a .keras file is a zip archive and this one is not "
+                          "(a pickle, or a damaged or truncated copy?)")
     try:
         model = keras.saving.load_model(info.model_path, compile=False)
     except Exception as err:  # Keras raises many types for a file that is not a Keras model

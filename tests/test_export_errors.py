@@ -104,8 +104,16 @@ def test_a_run_with_a_damaged_run_json_is_named(run_dir, tmp_path):
 
 
 def test_a_model_file_that_is_not_a_keras_model(run_dir, tmp_path):
+    import pickle
+    import zipfile
+
     run = _copy_run(run_dir, tmp_path)
-    (run / MODEL_FILE).write_bytes(b"garbage")
+    for content in (b"garbage", pickle.dumps({"weights": [1, 2, 3]})):  # Keras said "File not found" to both
+        (run / MODEL_FILE).write_bytes(content)
+        with pytest.raises(ExportError, match="is not a Keras model file: a .keras file is a zip archive"):
+            export(run, tmp_path / "bundle")
+    with zipfile.ZipFile(run / MODEL_FILE, "w") as archive:  # a zip, but not a Keras model
+        archive.writestr("notes.txt", "hello")
     with pytest.raises(ExportError, match="not a loadable Keras model"):
         export(run, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
