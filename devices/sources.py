@@ -111,6 +111,15 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _picture(image, name: str) -> np.ndarray:
+    """A delivered frame as uint8 (H, W, 3) BGR; ImageDecodeError for anything that is not a picture."""
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or image.size == 0:
+        shape = getattr(image, "shape", None)
+        raise ImageDecodeError(f"{name}: a frame must be a non-empty (H, W) or (H, W, C) array, got "
+                               f"{type(image).__name__} {shape}")
+    return to_colour_uint8(image, "bgr", name)
+
+
 class Source(ABC):
     """A context manager delivering Frames. Subclasses implement `_open`, `_read` and `_close`.
 
@@ -127,6 +136,8 @@ class Source(ABC):
         self.fps: float | None = None
         self._index = 0
         self._opened = False
+        # Frames the source delivered that are not pictures (wrong type, shape or size): skipped, counted.
+        self.bad_frames = 0
 
     @property
     def is_open(self) -> bool:
@@ -143,13 +154,20 @@ class Source(ABC):
         """The next frame, or None at the end of a finite source."""
         if not self._opened:
             raise SourceError(f"{self!r} is not open: call open() or use it in a with block")
-        captured = self._read()
-        if captured is None:
-            return None
-        image, timestamp = captured
-        frame = Frame(image=to_colour_uint8(image, "bgr", type(self).__name__), index=self._index, timestamp=timestamp)
-        self._index += 1
-        return frame
+        while True:
+            captured = self._read()
+            if captured is None:
+                return None
+            image, timestamp = captured
+            try:
+                frame = Frame(image=_picture(image, type(self).__name__), index=self._index, timestamp=timestamp)
+            except ImageDecodeError as bad:  # one bad frame must not end a run that lasts months
+                self.bad_frames += 1
+                if self.bad_frames == 1 or self.bad_frames % 1000 == 0:
+                    logger.warning("%r: skipped a frame that is not a picture (%d so far): %s", self, self.bad_frames, bad)
+                continue
+            self._index += 1
+            return frame
 
     def close(self) -> None:
         if self._opened:

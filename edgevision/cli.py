@@ -299,8 +299,8 @@ def _cmd_run(args) -> int:
 
     if args.max_frames is not None and args.max_frames < 1:
         raise CLIError(f"--max-frames must be at least 1, got {args.max_frames}")
-    if not args.read_timeout > 0:
-        raise CLIError(f"--read-timeout must be positive seconds, got {args.read_timeout}")
+    if not 0 < args.read_timeout <= MAX_READ_TIMEOUT_S:  # OpenCV takes milliseconds as a 32-bit int
+        raise CLIError(f"--read-timeout must be from 0 to {MAX_READ_TIMEOUT_S} seconds, got {args.read_timeout}")
     profile = resolve_profile(None if args.profile == "none" else args.profile)
     if args.systemd_unit:
         if profile is None:
@@ -333,6 +333,21 @@ def _cmd_run(args) -> int:
         print(json.dumps({"summary": summary.to_dict()}), flush=True)
     except BrokenPipeError:  # the reader of our output went away (`edgevision run ... | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return run_exit_status(summary.stopped_by)
+
+
+# `edgevision run`'s exit status tells a supervisor what happened: 0 a normal end (the source ended,
+# --max-frames, Ctrl-C, SIGTERM, the window or the output closed), 3 the source failed (with
+# --no-reconnect), 4 the engine kept failing.
+RUN_EXIT_SOURCE_FAILED, RUN_EXIT_INFERENCE_FAILED = 3, 4
+MAX_READ_TIMEOUT_S = 3600
+
+
+def run_exit_status(stopped_by: str) -> int:
+    if stopped_by.startswith("source failed"):
+        return RUN_EXIT_SOURCE_FAILED
+    if stopped_by.startswith("inference failed"):
+        return RUN_EXIT_INFERENCE_FAILED
     return 0
 
 

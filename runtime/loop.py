@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 # camera left running for months (16 bytes a frame, 1.6 MB at most).
 STATS_WINDOW = 100_000
 BELOW_THRESHOLD = "(below threshold)"
+# Frames failing one after another: the engine, not a frame, is broken; the loop ends so a supervisor
+# (systemd's Restart=always) starts a fresh process.
+MAX_CONSECUTIVE_FAILURES = 100
 
 
 class _Stdout:
@@ -81,6 +84,8 @@ class LoopSummary:
     age_ms_p95: float = 0.0
     dropped: int = 0  # frames the source delivered that the model had no time for
     reconnects: int = 0
+    bad_frames: int = 0  # frames that were not pictures (wrong type, shape or size): skipped
+    failed_frames: int = 0  # frames the engine or preprocessing failed on: skipped
     stopped_by: str = "end"
 
     def to_dict(self) -> dict:
@@ -153,7 +158,7 @@ def run_loop(
     smoother = ScoreSmoother(config.smoothing)
     latencies, ages = RecentSamples(), RecentSamples()
     counts: Counter[str] = Counter()
-    frames = 0
+    frames = failed = consecutive = 0
     stopped_by = "end"
     fps_now, last = 0.0, None
     with ExitStack() as stack:
@@ -173,7 +178,19 @@ def run_loop(
                 if frame is None:
                     break
                 t0 = time.perf_counter()
-                probs = smoother.update(classifier.scores(frame.image, channel_order="bgr"))
+                try:
+                    scores = classifier.scores(frame.image, channel_order="bgr")
+                except Exception as error:  # the engine or preprocessing failed on this frame: skip it
+                    failed += 1
+                    consecutive += 1
+                    if failed == 1 or failed % 1000 == 0:
+                        logger.warning("frame %d failed (%d so far): %s", frame.index, failed, error)
+                    if consecutive >= MAX_CONSECUTIVE_FAILURES:  # not one frame, the engine: let a supervisor act
+                        stopped_by = f"inference failed: {error}"
+                        break
+                    continue
+                consecutive = 0
+                probs = smoother.update(scores)
                 prediction = classifier.prediction(probs)
                 t1 = time.perf_counter()
                 age_ms = (time.time() - frame.timestamp) * 1000.0
@@ -232,5 +249,7 @@ def run_loop(
         age_ms_p95=a95,
         dropped=dropped,
         reconnects=reconnects,
+        bad_frames=getattr(source, "bad_frames", 0),
+        failed_frames=failed,
         stopped_by=stopped_by,
     )

@@ -326,3 +326,91 @@ def test_soak_10000_frames_memory_does_not_grow(tiny_bundle):
     # Everything per frame is released; the stats ring fills 16 bytes a frame (140 KB here). A leak of a
     # frame's JSON line or a 9 KB picture per frame would show as megabytes.
     assert growth_kb < 2048, f"resident memory grew {growth_kb} kB over 9,000 frames"
+
+
+# --- faults: frames that are not pictures, an engine that fails, exit statuses ---
+
+
+def test_frames_that_are_not_pictures_are_skipped_and_counted(tiny_bundle):
+    from edgevision.runtime.soak import GeneratedSource
+
+    class Mixed(GeneratedSource):
+        """Every 5th frame is broken in another way: float pixels, 4-D, empty, None, 5 channels."""
+
+        broken = [lambda: np.zeros((4, 4, 3), np.float32), lambda: np.zeros((1, 4, 4, 3), np.uint8),
+                  lambda: np.zeros((0, 4, 3), np.uint8), lambda: None, lambda: np.zeros((4, 4, 5), np.uint8)]
+
+        def _read(self):
+            captured = super()._read()
+            if captured is not None and self._served % 5 == 0:
+                return self.broken[self._served // 5 % 5](), captured[1]
+            return captured
+
+    source = Mixed(50, size=(24, 32))
+    summary = run_loop(Classifier(tiny_bundle.folder, threads=1), source, LoopConfig(), out=None)
+    assert (summary.frames, summary.bad_frames, summary.failed_frames, summary.stopped_by) == (40, 10, 0, "end")
+
+
+class FlakyClassifier:
+    """A Classifier whose engine raises on chosen calls (every one with fail_every=1)."""
+
+    def __init__(self, classifier, fail_every: int):
+        self._classifier, self._fail_every, self.calls = classifier, fail_every, 0
+
+    def scores(self, image, channel_order="bgr"):
+        self.calls += 1
+        if self.calls % self._fail_every == 0:
+            raise RuntimeError("tflite invoke failed: delegate lost")
+        return self._classifier.scores(image, channel_order)
+
+    def __getattr__(self, name):
+        return getattr(self._classifier, name)
+
+
+def test_an_engine_error_skips_the_frame_and_a_broken_engine_ends_the_loop(tiny_bundle, caplog):
+    from edgevision.runtime.loop import MAX_CONSECUTIVE_FAILURES
+    from edgevision.runtime.soak import GeneratedSource
+
+    classifier = Classifier(tiny_bundle.folder, threads=1)
+    summary = run_loop(FlakyClassifier(classifier, 3), GeneratedSource(30, size=(24, 32)), LoopConfig(), out=None)
+    assert (summary.frames, summary.failed_frames, summary.stopped_by) == (20, 10, "end")
+    assert "failed (1 so far): tflite invoke failed" in caplog.text
+    broken = FlakyClassifier(classifier, 1)
+    summary = run_loop(broken, GeneratedSource(10_000, size=(24, 32)), LoopConfig(), out=None)
+    assert summary.frames == 0 and summary.failed_frames == MAX_CONSECUTIVE_FAILURES == broken.calls
+    assert summary.stopped_by == "inference failed: tflite invoke failed: delegate lost"
+
+
+def test_run_exit_status_tells_a_supervisor_what_happened(tiny_bundle, tmp_path, monkeypatch, capsys):
+    from edgevision import cli
+    from edgevision.runtime import loop
+
+    assert [cli.run_exit_status(s) for s in ("end", "max_frames", "SIGTERM", "interrupt", "output closed",
+                                             "window closed")] == [0] * 6
+    assert cli.run_exit_status("source failed: camera gone") == 3
+    assert cli.run_exit_status("inference failed: boom") == 4
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), _image_for(1))
+    assert cli.main(["run", str(tiny_bundle.folder), "--source", str(folder), "--profile", "none"]) == 0
+
+    def broken_scores(self, image, channel_order="bgr"):
+        raise RuntimeError("engine gone")
+
+    monkeypatch.setattr(Classifier, "scores", broken_scores)
+    monkeypatch.setattr(loop, "MAX_CONSECUTIVE_FAILURES", 1)
+    assert cli.main(["run", str(tiny_bundle.folder), "--source", str(folder), "--profile", "none"]) == 4
+    assert '"stopped_by": "inference failed: engine gone"' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/self")
+def test_the_soak_command_reports_flat_threads_and_descriptors(tiny_bundle, capsys):
+    from edgevision.runtime.soak import main, soak
+
+    figures = soak(str(tiny_bundle.folder), frames=3000, bad_every=100)
+    assert figures["summary"]["frames"] == 2970 and figures["summary"]["bad_frames"] == 30
+    assert figures["thread_growth"] == 0 and figures["fd_growth"] == 0
+    assert figures["rss_growth_kb_after_warmup"] < 4096
+    assert main([str(tiny_bundle.folder), "--frames", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "soak: 200 generated 640x480 frames" in out and "skipped 0 bad frames" in out

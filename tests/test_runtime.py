@@ -407,7 +407,7 @@ def test_run_loop_quiet_and_empty(tiny_bundle, tmp_path):
     assert summary.to_dict() == {
         "frames": 0, "seconds": summary.to_dict()["seconds"], "fps": 0.0,
         "latency_ms_p50": 0.0, "latency_ms_p95": 0.0, "labels": {}, "age_ms_p50": 0.0, "age_ms_p95": 0.0,
-        "dropped": 0, "reconnects": 0, "stopped_by": "end",
+        "dropped": 0, "reconnects": 0, "bad_frames": 0, "failed_frames": 0, "stopped_by": "end",
     }  # fmt: skip
 
 
@@ -496,7 +496,8 @@ def test_cli_run_prints_a_systemd_unit(tiny_bundle, capsys):
         (["--smoothing", "0"], "Smoothing alpha 0.0"),
         (["--threshold", "2"], "Confidence threshold 2.0"),
         (["--preview-port", "70000"], "Preview port 70000"),
-        (["--read-timeout", "0"], "--read-timeout must be positive"),
+        (["--read-timeout", "0"], "--read-timeout must be from 0 to 3600 seconds, got 0.0"),
+        (["--read-timeout", "2500000"], "--read-timeout must be from 0 to 3600 seconds, got 2500000.0"),
         (["--display"], "--display cannot open a window"),
     ],
 )
