@@ -14,10 +14,12 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .bundle_schema import bundle_problems
 from .preprocess import PreprocessPolicy
 
 SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
+MAX_BUNDLE_JSON_BYTES = 16 << 20
 FORMATS = ("tflite", "onnx")
 TENSOR_DTYPES = ("float32", "uint8", "int8")
 
@@ -122,9 +124,12 @@ class Bundle:
 
     @classmethod
     def from_dict(cls, data: dict, folder: Path | None = None) -> "Bundle":
-        version = data.get("schema_version")
+        version = data.get("schema_version") if isinstance(data, dict) else None
         if version != SCHEMA_VERSION:
             raise BundleError(f"Unsupported bundle schema version {version!r}; this edgevision reads version {SCHEMA_VERSION}")
+        problems = bundle_problems(data, FORMATS, TENSOR_DTYPES, SCHEMA_VERSION)
+        if problems:
+            raise BundleError(f"bundle.json has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
         try:
             return cls(
                 labels=list(data["labels"]),
@@ -140,7 +145,9 @@ class Bundle:
             )
         except KeyError as missing:
             raise BundleError(f"bundle.json is missing the key {missing}") from None
-        except TypeError as bad:
+        except BundleError:
+            raise
+        except (TypeError, ValueError) as bad:  # PreprocessPolicy names the bad value
             raise BundleError(f"bundle.json has a malformed entry: {bad}") from None
 
     @classmethod
@@ -151,10 +158,15 @@ class Bundle:
             raise BundleError(f"Bundle folder '{folder}' does not exist")
         if not path.is_file():
             raise BundleError(f"'{folder}' is not a bundle: it has no {BUNDLE_FILE} (write one with `edgevision export`)")
+        if path.stat().st_size > MAX_BUNDLE_JSON_BYTES:
+            raise BundleError(f"'{path}' is {path.stat().st_size} bytes; a bundle.json is far smaller "
+                              f"(at most {MAX_BUNDLE_JSON_BYTES >> 20} MB)")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as bad:
             raise BundleError(f"'{path}' is not valid JSON: {bad}") from None
+        except RecursionError:
+            raise BundleError(f"'{path}' is nested too deeply to be a bundle.json") from None
         return cls.from_dict(data, folder=folder)
 
     def artifact(self, name: str | None = None) -> Artifact:

@@ -225,8 +225,13 @@ def test_tensor_types_that_do_not_match_the_model_are_refused(tiny_bundle, tmp_p
 
 def test_input_size_that_does_not_match_the_policy_is_refused(tiny_bundle, tmp_path):
     folder = _copy_bundle(tiny_bundle, tmp_path)
-    _edit_bundle_json(folder, lambda data: data["preprocess"].update(height=48, width=48))
+    _edit_bundle_json(folder, lambda data: [data[key].update(height=48, width=48) for key in ("preprocess", "input")])
     with pytest.raises(BundleError, match=r"takes 32x32 input.*48x48"):
+        Classifier(folder)
+    # Edited in one place only, bundle.json contradicts itself: refused before any model is opened.
+    _edit_bundle_json(folder, lambda data: data["input"].update(height=32, channels=1))
+    with pytest.raises(BundleError, match=r"bundle.json has 2 problem\(s\):\n  input.height is 32 \(int\); "
+                                          r"expected preprocess.height \(48\)\n  input.channels is 1 \(int\); expected 3"):
         Classifier(folder)
 
 
