@@ -26,6 +26,24 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 # 300 MB, and training decodes several at once.
 MAX_IMAGE_BYTES = 100_000_000
 MAX_IMAGE_PIXELS = 100_000_000
+# Set lower on a device with little memory (or higher for huge scans); read at each call, so decoder
+# processes started later see it too.
+PIXEL_LIMIT_VARIABLE = "EDGEVISION_MAX_IMAGE_PIXELS"
+
+
+def pixel_limit() -> int:
+    """The pixel limit: EDGEVISION_MAX_IMAGE_PIXELS when set, else MAX_IMAGE_PIXELS."""
+    value = os.environ.get(PIXEL_LIMIT_VARIABLE)
+    if value is None or not value.strip():
+        return MAX_IMAGE_PIXELS
+    try:
+        limit = int(value.replace("_", ""))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"{PIXEL_LIMIT_VARIABLE}={value!r} is invalid; use a positive number of pixels "
+                         f"(default {MAX_IMAGE_PIXELS:,})")
+    return limit
 
 _FORMATS = "JPEG, PNG, BMP or WebP"
 # (channels, channel order) -> the OpenCV conversion from what imdecode/VideoCapture deliver
@@ -57,20 +75,22 @@ class ImageDecodeError(ValueError):
 
 
 def read_image(path: str | os.PathLike, channel_order: str = "rgb", *, max_bytes: int = MAX_IMAGE_BYTES,
-               max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+               max_pixels: int | None = None) -> np.ndarray:
     """Read an image file to an upright uint8 (H, W, 3) picture in `channel_order`.
 
     Raises ImageDecodeError naming the file when it is not a regular file, larger than `max_bytes`,
-    declares more than `max_pixels` pixels, or does not decode; OSError when it cannot be read.
+    declares more than `max_pixels` pixels (default: pixel_limit()), or does not decode; OSError when it
+    cannot be read.
     """
     name = os.fspath(path)
     return decode_image(_read_regular_file(name, max_bytes), name, channel_order, max_pixels=max_pixels)
 
 
 def decode_image(data: bytes, name: str = "<bytes>", channel_order: str = "rgb", *,
-                 max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+                 max_pixels: int | None = None) -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, BMP, WebP) to an upright uint8 (H, W, 3) picture."""
     _check_channel_order(channel_order)
+    max_pixels = pixel_limit() if max_pixels is None else max_pixels
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
     header = read_header(data)

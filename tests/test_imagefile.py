@@ -280,3 +280,18 @@ def test_camera_frames_share_the_conversion():
     assert to_colour_uint8(frame, "bgr") is frame  # the camera's common case costs nothing
     with pytest.raises(ImageDecodeError, match="CameraSource: unsupported pixel type float32"):
         to_colour_uint8(frame.astype(np.float32), "bgr", "CameraSource")
+
+
+def test_the_pixel_limit_is_set_by_an_environment_variable(tmp_path, upright, monkeypatch):
+    path = tmp_path / "p.png"
+    path.write_bytes(encode(upright, ".png"))
+    monkeypatch.setenv("EDGEVISION_MAX_IMAGE_PIXELS", "3_000")  # a small device
+    with pytest.raises(ImageDecodeError, match=r"3,840 pixels, more than the limit of 3,000"):
+        read_image(path)
+    assert read_image(path, max_pixels=4000).shape == (48, 80, 3)  # an explicit limit wins
+    monkeypatch.setenv("EDGEVISION_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match=r"EDGEVISION_MAX_IMAGE_PIXELS='lots' is invalid; use a positive number"):
+        read_image(path)
+    monkeypatch.delenv("EDGEVISION_MAX_IMAGE_PIXELS")
+    assert read_image(path).shape == (48, 80, 3)
+
