@@ -389,6 +389,47 @@ def _cmd_verify(args) -> int:
     return 1 if failed else 0
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score a bundle on a labelled folder of photos, on this machine",
+        description="Run every picture of DATA_DIR (one folder per class, named as the bundle's labels) through the "
+        "bundle's artifacts with the runtime alone and print, per artifact: accuracy, top-k accuracy, macro F1, "
+        "agreement with the first artifact and batch-1 latency; then per-class precision / recall / F1 and the most "
+        "confident mistakes of the first. Exits 1 when --min-accuracy is not reached.",
+    )
+    p.add_argument("bundle", metavar="BUNDLE", help="folder written by `edgevision export`")
+    p.add_argument("data_dir", metavar="DATA_DIR", help="test photos: one subfolder per class")
+    p.add_argument("--artifact", default=None, help="an artifact, or all (default: the one `run` would use here)")
+    p.add_argument("--label-map", action="append", default=[], metavar="FOLDER=LABEL",
+                   help="a class folder whose name is not the label (repeatable)")
+    p.add_argument("--engine", default=None, help="litert or onnxruntime (default: by artifact format)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the profile's, else all cores)")
+    p.add_argument("--profile", default="auto", help="device profile: auto, none, or a name")
+    p.add_argument("--top-k", type=int, default=5, help="k of the top-k accuracy (default 5)")
+    p.add_argument("--errors", type=int, default=10, help="misclassified files listed (default 10)")
+    p.add_argument("--min-accuracy", type=float, default=None, metavar="X",
+                   help="exit 1 if an artifact's accuracy is below X (0-1), e.g. in CI")
+    p.add_argument("--json", action="store_true", help="print the whole evaluation as JSON")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
+def _cmd_evaluate(args) -> int:
+    from edgevision.runtime.evaluate import evaluate_bundle, parse_label_map
+
+    if args.min_accuracy is not None and not 0 <= args.min_accuracy <= 1:
+        raise CLIError(f"--min-accuracy must be from 0 to 1, got {args.min_accuracy}")
+    evaluation = evaluate_bundle(args.bundle, args.data_dir, args.artifact, label_map=parse_label_map(args.label_map),
+                                 threads=args.threads, top_k=args.top_k, engine=args.engine,
+                                 profile=None if args.profile == "none" else args.profile)
+    print(json.dumps(evaluation.to_dict()) if args.json else evaluation.table(errors=args.errors))
+    below = [a.artifact for a in evaluation.artifacts
+             if args.min_accuracy is not None and a.accuracy < args.min_accuracy]
+    if below:
+        print(f"evaluate: accuracy below {args.min_accuracy:.2%}: {', '.join(below)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _add_deploy(sub) -> None:
     from edgevision.devices.profiles import profile_names
 
@@ -537,8 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgevision {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_export, _add_bench_export, _add_run, _add_verify, _add_deploy, _add_bench,
-                _add_demo):
+    for add in (_add_train, _add_export, _add_bench_export, _add_run, _add_verify, _add_evaluate, _add_deploy,
+                _add_bench, _add_demo):
         add(sub)
     return parser
 
