@@ -93,6 +93,8 @@ class Frame:
     image: np.ndarray  # BGR uint8, (H, W, 3)
     index: int  # 0, 1, 2, ... in delivery order
     timestamp: float  # time.time() when the frame was captured
+    file: str | None = None  # the image or video file it came from (folders and files; None for live sources)
+    position: int | None = None  # the frame's number in a video file (skipped frames included)
 
 
 def _accepted() -> str:
@@ -160,7 +162,9 @@ class Source(ABC):
                 return None
             image, timestamp = captured
             try:
-                frame = Frame(image=_picture(image, type(self).__name__), index=self._index, timestamp=timestamp)
+                file, position = self._where()
+                frame = Frame(image=_picture(image, type(self).__name__), index=self._index, timestamp=timestamp,
+                              file=file, position=position)
             except ImageDecodeError as bad:  # one bad frame must not end a run that lasts months
                 self.bad_frames += 1
                 if self.bad_frames == 1 or self.bad_frames % 1000 == 0:
@@ -196,6 +200,10 @@ class Source(ABC):
 
     def _close(self) -> None:
         pass
+
+    def _where(self) -> tuple[str | None, int | None]:
+        """(file, position) of the frame `_read` just returned; (None, None) for live sources."""
+        return None, None
 
 
 class _CaptureSource(Source):
@@ -297,6 +305,11 @@ class VideoFileSource(_CaptureSource):
     def _open_failed(self) -> str:
         return f"'{self.path}' is not a video file OpenCV can decode (or it is corrupt)"
 
+    def _where(self) -> tuple[str | None, int | None]:
+        # The capture's position is the next frame to read: the one just read is the one before it.
+        position = self._capture.get(cv2.CAP_PROP_POS_FRAMES) if self._capture is not None else None
+        return str(self.path), (int(position) - 1 if position and position > 0 else None)
+
 
 class StreamSource(_CaptureSource):
     """A network stream (rtsp://, http://, https://, including MJPEG over HTTP) through OpenCV's FFmpeg
@@ -325,7 +338,8 @@ class StreamSource(_CaptureSource):
 
 
 class ImageFolderSource(Source):
-    """The image files of a folder (not its subfolders), in sorted name order; finite.
+    """The image files of a folder and its subfolders (a test set laid out in class folders), in sorted
+    order: a folder's own files, then each subfolder's, by name; hidden files and folders are ignored. Finite.
 
     Each file is read by the one decoder (imagefile.read_image), as training and `classify_file` read
     it, EXIF orientation included; files it refuses are skipped with a warning that says why.
@@ -336,13 +350,16 @@ class ImageFolderSource(Source):
         self.folder = Path(folder)
         self.files: list[Path] = []
         self._next = 0
+        self._current: str | None = None
 
     def _open(self) -> None:
         if not self.folder.is_dir():
             raise SourceError(f"Image folder '{self.folder}' does not exist")
-        self.files = sorted(
-            p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
+        self.files = []
+        for current, dirs, names in os.walk(self.folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            self.files += [Path(current) / name for name in sorted(names)
+                           if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
         if not self.files:
             raise SourceError(f"Folder '{self.folder}' has no images ({', '.join(IMAGE_EXTENSIONS)})")
         self._next = 0
@@ -352,10 +369,15 @@ class ImageFolderSource(Source):
             path = self.files[self._next]
             self._next += 1
             try:
-                return read_image(path, "bgr"), time.time()
+                image = read_image(path, "bgr")
+                self._current = str(path)
+                return image, time.time()
             except (ImageDecodeError, OSError) as error:
                 logger.warning("Skipping a file the decoder refused: %s", error)  # the error names it
         return None
+
+    def _where(self) -> tuple[str | None, int | None]:
+        return self._current, None
 
 
 def open_source(uri: str | int | os.PathLike, options: SourceOptions | None = None) -> Source:

@@ -203,6 +203,8 @@ def run_loop(
                 if out is not None:
                     line = {
                         "frame": frame.index,
+                        **({"source": frame.file} if frame.file is not None else {}),
+                        **({"position": frame.position} if frame.position is not None else {}),
                         "timestamp": round(frame.timestamp, 6),
                         "label": label,
                         "score": round(prediction.score, 4),

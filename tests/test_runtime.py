@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -355,8 +356,10 @@ def test_run_loop_writes_one_json_line_per_frame(tiny_bundle, tmp_path):
     assert not source.is_open
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["frame"] for line in lines] == list(range(20))
+    assert [line["position"] for line in lines] == list(range(20))  # the frame's number in the file
     for line in lines:
-        assert set(line) == {"frame", "timestamp", "label", "score", "latency_ms", "age_ms"}
+        assert set(line) == {"frame", "source", "position", "timestamp", "label", "score", "latency_ms", "age_ms"}
+        assert line["source"] == str(tmp_path / "clip.avi")
         assert line["age_ms"] >= line["latency_ms"] * 0.9  # capture-to-result includes the inference
         assert line["label"] in clf.labels and 0.0 <= line["score"] <= 1.0 and line["latency_ms"] > 0
     assert isinstance(summary, LoopSummary) and summary.frames == 20
@@ -529,3 +532,16 @@ def test_cli_run_as_fast_as_possible_with_smoothing(tiny_bundle, tmp_path, capsy
     summary = lines[-1]["summary"]
     assert summary["frames"] == 30 and summary["dropped"] == 0 and summary["seconds"] < 2.5
     assert all(len(line["top_k"]) == 2 for line in lines[:-1])
+
+
+def test_a_folder_source_searches_subfolders_in_order_and_names_each_file(tiny_bundle, tmp_path, realish_images):
+    for relative in ("b/2.png", "a/1.png", "a/deeper/3.jpg", "top.png", ".hidden/x.png", "a/.skip.png"):
+        path = tmp_path / "test" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), realish_images[0])
+    out = io.StringIO()
+    run_loop(Classifier(tiny_bundle.folder, threads=1), open_source(str(tmp_path / "test")), out=out)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    names = [str(Path(line["source"]).relative_to(tmp_path / "test")) for line in lines]
+    assert names == ["top.png", "a/1.png", "a/deeper/3.jpg", "b/2.png"]  # a folder's files, then its subfolders
+    assert all("position" not in line for line in lines)
