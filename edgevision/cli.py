@@ -410,6 +410,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--min-accuracy", type=float, default=None, metavar="X",
                    help="exit 1 if an artifact's accuracy is below X (0-1), e.g. in CI")
     p.add_argument("--json", action="store_true", help="print the whole evaluation as JSON")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="also write DIR/report.html (self-contained: confusion matrices, misclassified thumbnails) and "
+                   "DIR/evaluation.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --report folder")
     p.set_defaults(handler=_cmd_evaluate)
 
 
@@ -422,6 +426,12 @@ def _cmd_evaluate(args) -> int:
                                  threads=args.threads, top_k=args.top_k, engine=args.engine,
                                  profile=None if args.profile == "none" else args.profile)
     print(json.dumps(evaluation.to_dict()) if args.json else evaluation.table(errors=args.errors))
+    if args.report:
+        from edgevision.runtime.bundle import Bundle
+        from edgevision.runtime.evaluate_report import write_report
+
+        page = write_report(evaluation, args.report, Bundle.load(args.bundle).preprocess, overwrite=args.overwrite)
+        print(f"wrote {page}", file=sys.stderr if args.json else sys.stdout)
     below = [a.artifact for a in evaluation.artifacts
              if args.min_accuracy is not None and a.accuracy < args.min_accuracy]
     if below:

@@ -106,3 +106,26 @@ def test_cli_table_json_and_min_accuracy(tiny_bundle, test_folder, capsys):
                  "--min-accuracy", str(accuracy)]) == 0
     assert main(["evaluate", str(tiny_bundle.folder), str(test_folder), "--min-accuracy", "95"]) == 2
     assert "--min-accuracy must be from 0 to 1, got 95.0" in capsys.readouterr().err
+
+
+def test_the_report_page_is_self_contained_with_thumbnails_of_the_mistakes(tiny_bundle, test_folder, tmp_path, capsys):
+    import base64
+    import re
+
+    report = tmp_path / "report"
+    assert main(["evaluate", str(tiny_bundle.folder), str(test_folder), "--artifact", "all", "--profile", "none",
+                 "--report", str(report)]) == 0
+    assert f"wrote {report / 'report.html'}" in capsys.readouterr().out
+    page = (report / "report.html").read_text()
+    data = json.loads((report / "evaluation.json").read_text())
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # opens offline
+    for score in data["artifacts"]:
+        assert f"<h2>{score['artifact']} " in page
+    assert page.count('<table class="cm">') == len(data["artifacts"])
+    thumbnails = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(thumbnails) == sum(min(48, len(s["misclassified"])) for s in data["artifacts"]) > 0
+    picture = cv2.imdecode(np.frombuffer(base64.b64decode(thumbnails[0]), np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape == (32, 32, 3)  # what the model saw
+    assert main(["evaluate", str(tiny_bundle.folder), str(test_folder), "--profile", "none",
+                 "--report", str(report)]) == 2
+    assert "already exists" in capsys.readouterr().err
