@@ -8,12 +8,13 @@ their sources, and how to run `edgevision run` as a systemd service.
 
 from __future__ import annotations
 
-import difflib
 import json
 import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from edgevision.choices import choice_error
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 # Read to tell one board from another; absent on ordinary PCs.
@@ -155,9 +156,7 @@ def load_profile(name: str) -> DeviceProfile:
     """The profile called `name` (a file in devices/profiles/); ProfileError naming the choices otherwise."""
     names = profile_names()
     if name not in names:
-        close = difflib.get_close_matches(str(name), names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ProfileError(f"Unknown device profile {name!r}; choose one of {', '.join(names)}{hint}")
+        raise choice_error("device profile", name, names, ProfileError)
     return DeviceProfile.from_dict(json.loads((PROFILE_DIR / f"{name}.json").read_text()))
 
 

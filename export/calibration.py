@@ -7,13 +7,13 @@ describe exactly the pixels a device will feed.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edgevision.choices import choice_error
 from edgevision.runtime.preprocess import IMAGE_EXTENSIONS, ImageDecodeError, load_and_prepare
 from edgevision.train.run_dir import RunInfo
 
@@ -61,12 +61,9 @@ class QuantizationConfig:
         if not 0 < self.max_size_fraction <= 1:
             raise ValueError(f"max_size_fraction {self.max_size_fraction!r} is invalid; use a fraction in (0, 1]")
         if self.io_dtype not in INT8_IO_DTYPES:
-            raise ValueError(f"Unknown int8 input/output type {self.io_dtype!r}; choose one of {', '.join(INT8_IO_DTYPES)}")
+            raise choice_error("int8 input/output type", self.io_dtype, INT8_IO_DTYPES)
         if self.onnx_types not in ONNX_INT8_TYPES:
-            close = difflib.get_close_matches(str(self.onnx_types), ONNX_INT8_TYPES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"Unknown ONNX int8 types {self.onnx_types!r}; choose one of "
-                             f"{', '.join(ONNX_INT8_TYPES)}{hint}")
+            raise choice_error("ONNX int8 types", self.onnx_types, ONNX_INT8_TYPES)
 
     @classmethod
     def for_int8(cls, calibration_images: int = 200, io_dtype: str = "uint8") -> "QuantizationConfig":

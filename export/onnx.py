@@ -22,7 +22,6 @@ log = logging.getLogger("edgevision.export")
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
-ONNX_METADATA_KEY = "edgevision.bundle"
 # Activation x weight types for static int8. U8S8 (onnxruntime's default) is the fastest where the CPU
 # has int8 dot products (AVX-512 VNNI: 1.7x faster than fp32 on EfficientNet-Lite0 96 px) but saturates
 # on x86 CPUs with AVX2 and no VNNI (a quarter of the top-1 agreement lost when measured). S8S8 is turned

@@ -17,7 +17,6 @@ model: a device installs only the one it uses. Engines are not thread-safe: use 
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -26,6 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from edgevision.choices import choice_error
 from edgevision.tflogs import quiet_litert
 
 from .bundle import Artifact, BundleError, TensorSpec
@@ -409,9 +409,7 @@ DEFAULT_ENGINE = {"tflite": "litert", "onnx": "onnxruntime"}
 def check_engine_name(engine: str) -> None:
     """ValueError naming the engines (and the closest one) for a name that is not one of them."""
     if engine not in ENGINES:
-        close = difflib.get_close_matches(str(engine), ENGINES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"Unknown engine {engine!r}; choose one of {', '.join(ENGINES)}{hint}")
+        raise choice_error("engine", engine, ENGINES)
 
 
 def resolve_engine(artifact: Artifact, engine: str | None = None) -> str:

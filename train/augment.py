@@ -24,7 +24,6 @@ Benchmark: `python -m edgevision.train.augment --bench`.
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import math
 import time
@@ -33,15 +32,10 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from edgevision.choices import choice_error
+
 FILL_MODES = ("nearest", "reflect", "wrap", "constant")
 PRESETS = ("none", "light", "strong")
-
-
-def _choice_error(kind: str, value: object, choices) -> ValueError:
-    choices = [str(c) for c in choices]
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"Unknown {kind} {value!r}; choose one of {', '.join(choices)}{hint}")
 
 
 # Allowed range of each numeric field: (low, high, high_inclusive, unit for the message).
@@ -91,7 +85,7 @@ class AugmentConfig:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.fill_mode not in FILL_MODES:
-            raise _choice_error("fill mode", self.fill_mode, FILL_MODES)
+            raise choice_error("fill mode", self.fill_mode, FILL_MODES)
 
     @property
     def geometric(self) -> bool:
@@ -131,7 +125,7 @@ class AugmentConfig:
     @classmethod
     def preset(cls, name: str) -> AugmentConfig:
         if name not in PRESETS:
-            raise _choice_error("augmentation preset", name, PRESETS)
+            raise choice_error("augmentation preset", name, PRESETS)
         return getattr(cls, name)()
 
     @classmethod
@@ -139,7 +133,7 @@ class AugmentConfig:
         known = [f.name for f in fields(cls)]
         for key in data:
             if key not in known:
-                raise _choice_error("augmentation option", key, known)
+                raise choice_error("augmentation option", key, known)
         return cls(**data)
 
     def to_dict(self) -> dict:
@@ -266,7 +260,7 @@ def apply_affine(images, matrices, fill_mode: str = "nearest", fill_value: float
     from keras import ops
 
     if fill_mode not in FILL_MODES:
-        raise _choice_error("fill mode", fill_mode, FILL_MODES)
+        raise choice_error("fill mode", fill_mode, FILL_MODES)
     images = ops.cast(ops.convert_to_tensor(images), "float32")
     matrices = ops.cast(ops.convert_to_tensor(matrices), "float32")
     batch, height, width, channels = ops.shape(images)

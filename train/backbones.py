@@ -8,12 +8,13 @@ happens exactly once. Keras is imported inside the builders.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import urllib.error
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from edgevision.choices import choice_error
 
 # Sizes at which the Keras applications' ImageNet weights were trained; other sizes (>= 32) reuse
 # the 224 weights, which Keras loads with a warning: the convolutions do not depend on the size.
@@ -29,14 +30,6 @@ OFFLINE_ALTERNATIVES = (
 
 class WeightsDownloadError(RuntimeError):
     """Pretrained weights that could not be downloaded; the message says what to use instead."""
-
-
-def choice_error(kind: str, value: object, choices) -> ValueError:
-    """`Unknown <kind> 'x'; choose one of a, b, c (did you mean 'a'?)`."""
-    choices = [str(c) for c in choices]
-    close = difflib.get_close_matches(str(value), choices, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ValueError(f"Unknown {kind} {value!r}; choose one of {', '.join(choices)}{hint}")
 
 
 @dataclass(frozen=True)

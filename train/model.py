@@ -30,14 +30,15 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from .backbones import BACKBONES, BackboneSpec, choice_error, get_backbone
+from edgevision.choices import choice_error
+
+from .backbones import BACKBONES, BackboneSpec, get_backbone
 
 TRANSFER_MODES = ("head", "finetune", "scratch")
 # Modes that start from a frozen pretrained backbone.
 PRETRAINED_MODES = ("head", "finetune")
 TORCH_WEIGHT_SUFFIXES = (".pth", ".pt")
 
-_choice_error = choice_error
 __all__ = [
     "BACKBONES", "BackboneSpec", "ModelConfig", "PRETRAINED_MODES", "TRANSFER_MODES", "backbone_of",
     "build_classifier", "momentum_for", "recalibrate_batchnorm", "trainable_batchnorms", "unfreeze",
