@@ -183,6 +183,9 @@ def run_loop(
                 except Exception as error:  # the engine or preprocessing failed on this frame: skip it
                     failed += 1
                     consecutive += 1
+                    if preview is not None:
+                        preview.metrics.set_counts(failed=failed, bad=getattr(source, "bad_frames", 0),
+                                                   dropped=feed.dropped, reconnects=feed.reconnects)
                     if failed == 1 or failed % 1000 == 0:
                         logger.warning("frame %d failed (%d so far): %s", frame.index, failed, error)
                     if consecutive >= MAX_CONSECUTIVE_FAILURES:  # not one frame, the engine: let a supervisor act
@@ -215,6 +218,10 @@ def run_loop(
                         line["top_k"] = [[name, round(score, 4)] for name, score in prediction.top_k]
                     out.write(json.dumps(line) + "\n")
                     out.flush()  # a consumer reading the pipe sees each prediction as it happens
+                if preview is not None:
+                    preview.metrics.observe(latency_ms)
+                    preview.metrics.set_counts(failed=failed, bad=getattr(source, "bad_frames", 0),
+                                               dropped=feed.dropped, reconnects=feed.reconnects)
                 if window is not None or preview is not None:
                     if last is not None:
                         rate = 1.0 / max(t1 - last, 1e-6)

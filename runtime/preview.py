@@ -44,10 +44,14 @@ class PreviewConfig:
 
 
 class PreviewServer:
-    """Serves / (a page), /stream.mjpg (multipart/x-mixed-replace JPEGs) and /snapshot.jpg."""
+    """Serves / (a page), /stream.mjpg (multipart/x-mixed-replace JPEGs), /snapshot.jpg and /metrics
+    (the loop's counters in Prometheus' text format)."""
 
     def __init__(self, config: PreviewConfig = PreviewConfig()):
+        from .metrics import LoopMetrics
+
         self.config = config
+        self.metrics = LoopMetrics()
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
         self._lines: list[str] = []
@@ -112,8 +116,10 @@ class PreviewServer:
                         self._send(200, "image/jpeg", found[1])
                 elif path == "/stream.mjpg":
                     self._stream()
+                elif path == "/metrics":
+                    self._send(200, "text/plain; version=0.0.4; charset=utf-8", server.metrics.render().encode())
                 else:
-                    self._send(404, "text/plain", b"not found: try / or /stream.mjpg\n")
+                    self._send(404, "text/plain", b"not found: try /, /stream.mjpg, /snapshot.jpg or /metrics\n")
 
             def _send(self, code: int, kind: str, body: bytes) -> None:
                 self.send_response(code)

@@ -414,3 +414,22 @@ def test_the_soak_command_reports_flat_threads_and_descriptors(tiny_bundle, caps
     assert main([str(tiny_bundle.folder), "--frames", "200"]) == 0
     out = capsys.readouterr().out
     assert "soak: 200 generated 640x480 frames" in out and "skipped 0 bad frames" in out
+
+
+def test_metrics_render_in_prometheus_text_format():
+    from edgevision.runtime.metrics import LoopMetrics
+
+    metrics = LoopMetrics()
+    for latency_ms in (0.3, 0.8, 4.0, 4.5, 2000.0):
+        metrics.observe(latency_ms)
+    metrics.set_counts(failed=2, bad=1, dropped=7, reconnects=3)
+    text = metrics.render()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert values["edgevision_frames_total"] == "5" and values["edgevision_dropped_frames_total"] == "7"
+    assert values["edgevision_reconnects_total"] == "3" and values["edgevision_failed_frames_total"] == "2"
+    assert values['edgevision_latency_seconds_bucket{le="0.0005"}'] == "1"  # cumulative buckets
+    assert values['edgevision_latency_seconds_bucket{le="0.005"}'] == "4"
+    assert values['edgevision_latency_seconds_bucket{le="1.0"}'] == "4"
+    assert values['edgevision_latency_seconds_bucket{le="+Inf"}'] == "5"
+    assert float(values["edgevision_latency_seconds_sum"]) == pytest.approx(2.0096)
+    assert text.endswith("\n") and "# TYPE edgevision_frames_total counter" in text

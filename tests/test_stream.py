@@ -175,6 +175,13 @@ def test_mjpeg_preview_serves_annotated_frames(tiny_bundle, mjpeg_camera):
         frames = [preview.read() for _ in range(5)]
         preview.release()
         assert all(ok and image.shape == (120, 160, 3) for ok, image in frames)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if not line.startswith("#"))
+        frames_so_far = int(values["edgevision_frames_total"])
+        assert 0 < frames_so_far <= 150 and values["edgevision_failed_frames_total"] == "0"
+        assert int(values['edgevision_latency_seconds_bucket{le="+Inf"}']) == frames_so_far
+        assert int(values["edgevision_latency_seconds_count"]) == frames_so_far
+        assert "# TYPE edgevision_latency_seconds histogram" in metrics
     finally:
         loop.join(30)
     assert result["summary"].frames == 150
