@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edgevision.runtime.timing import batch1_latency_ms
 
 from .calibration import QuantizationConfig
 from .exporter import ARTIFACT_KINDS, export, load_heldout, resolve_formats
@@ -35,17 +36,6 @@ class BenchRow:
     passed: bool
     latency_ms_p50: float
     latency_ms_p90: float
-
-
-def _latency(classifier, image: np.ndarray, repeats: int) -> tuple[float, float]:
-    for _ in range(5):  # warm-up: first invokes allocate and plan
-        classifier.predict(image)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        classifier.predict(image)
-        times.append(time.perf_counter() - start)
-    return float(np.percentile(times, 50) * 1000), float(np.percentile(times, 90) * 1000)
 
 
 def benchmark_export(run_dir: str | os.PathLike, formats=("all",), threads: int = 2, repeats: int = 200,
@@ -72,7 +62,8 @@ def benchmark_export(run_dir: str | os.PathLike, formats=("all",), threads: int 
             kind = ARTIFACT_KINDS[name]
             metrics = result.metrics[kind.file]
             base = fp32_of[kind.format]
-            p50, p90 = _latency(Classifier(folder, artifact=kind.file, threads=threads), image, repeats)
+            p50, p90 = batch1_latency_ms(Classifier(folder, artifact=kind.file, threads=threads), image, repeats,
+                                         percentiles=(50, 90))
             rows.append(BenchRow(
                 name=name, file=kind.file, bytes=sizes[name],
                 ratio_to_fp32=sizes[name] / sizes[base] if base in sizes else None,

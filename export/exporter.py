@@ -21,6 +21,7 @@ import numpy as np
 from edgevision.runtime.atomic import atomic_directory, refuse_inputs
 from edgevision.runtime.engines import usable_cpus
 from edgevision.runtime.golden import golden_entry, golden_probs, write_golden
+from edgevision.runtime.timing import batch1_latency_ms
 from edgevision.runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, Artifact, Bundle, TensorSpec, file_sha256
 from edgevision.runtime.preprocess import ImageDecodeError, load_and_prepare
 from edgevision.train.run_dir import RunInfo
@@ -288,20 +289,6 @@ def load_heldout(info: RunInfo) -> tuple[np.ndarray, np.ndarray]:
 LATENCY_WARMUP, LATENCY_REPEATS = 5, 30
 
 
-def _latency_ms(classifier, images: np.ndarray, repeats: int = LATENCY_REPEATS) -> float:
-    """Batch-1 median over `repeats` runs, after LATENCY_WARMUP untimed ones (the first invokes allocate
-    and pack weights)."""
-    one = images[:1]
-    for _ in range(LATENCY_WARMUP):
-        classifier.predict(one)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        classifier.predict(one)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
 def _parity(classifier, images, labels, reference: np.ndarray) -> dict:
     from .agreement import compare
 
@@ -319,7 +306,7 @@ def _parity(classifier, images, labels, reference: np.ndarray) -> dict:
                             "wrong_to_right": agreement.wrong_to_right,
                             "wrong_to_other_wrong": agreement.wrong_to_other_wrong, "ties": agreement.changed_ties},
         "max_prob_error": float(np.max(np.abs(probs - reference))),
-        "latency_ms_p50": _latency_ms(classifier, images),
+        "latency_ms_p50": batch1_latency_ms(classifier, images[0], LATENCY_REPEATS, warmup=LATENCY_WARMUP)[0],
     }
 
 

@@ -12,7 +12,6 @@ agreement with the first one.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,8 +19,9 @@ import numpy as np
 
 from .bundle import Bundle
 from .preprocess import IMAGE_EXTENSIONS, ImageDecodeError, load_and_prepare
+from .timing import batch1_latency_ms
 
-LATENCY_WARMUP, LATENCY_REPEATS = 3, 20
+LATENCY_REPEATS = 20
 
 
 class EvaluationError(ValueError):
@@ -131,18 +131,6 @@ def _per_class(confusion: np.ndarray, labels: list[str]) -> dict:
     return scores
 
 
-def _latency_ms(classifier, image: np.ndarray) -> float:
-    one = image[None]
-    for _ in range(LATENCY_WARMUP):
-        classifier.predict(one)
-    times = []
-    for _ in range(LATENCY_REPEATS):
-        start = time.perf_counter()
-        classifier.predict(one)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
-
-
 def score_artifact(classifier, images: np.ndarray, test: TestSet, top_k: int) -> tuple[ArtifactScore, np.ndarray]:
     labels = classifier.labels
     probs = np.concatenate([classifier.predict(images[i : i + 32]) for i in range(0, len(images), 32)])
@@ -158,7 +146,7 @@ def score_artifact(classifier, images: np.ndarray, test: TestSet, top_k: int) ->
         images=len(images), accuracy=float((predicted == test.labels).mean()), top_k=k,
         top_k_accuracy=float((best_k == test.labels[:, None]).any(axis=1).mean()),
         per_class=_per_class(confusion, labels), confusion=confusion.tolist(),
-        latency_ms_p50=_latency_ms(classifier, images[0]),
+        latency_ms_p50=batch1_latency_ms(classifier, images[0], LATENCY_REPEATS)[0],
         misclassified=[{"path": test.paths[i], "true": labels[test.labels[i]], "predicted": labels[predicted[i]],
                         "score": float(probs[i, predicted[i]])} for i in wrong],
     )
