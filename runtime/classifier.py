@@ -50,6 +50,17 @@ def choose_artifact(bundle: Bundle, profile: DeviceProfile | None, engine: str |
     return bundle.default_artifact, "bundle default"
 
 
+def artifact_names(bundle: Bundle, which: str | None, profile: DeviceProfile | None,
+                   engine: str | None = None) -> list[str]:
+    """The artifacts a command works on: one name, "all", or None for the one `run` would pick here."""
+    if which == "all":
+        return list(bundle.artifacts)
+    if which:
+        bundle.artifact(which)  # BundleError naming the bundle's artifacts
+        return [which]
+    return [choose_artifact(bundle, profile, engine)[0]]
+
+
 @dataclass(frozen=True)
 class Prediction:
     label: str

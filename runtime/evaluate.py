@@ -196,7 +196,7 @@ def evaluate_bundle(bundle: Bundle | str | os.PathLike, data_dir: str | os.PathL
                     *, label_map: dict[str, str] | None = None, threads: int | None = None, top_k: int = 5,
                     engine: str | None = None, profile=None) -> Evaluation:
     """Score `artifacts` (one name, "all", or None for the one `run` would use) on a labelled folder."""
-    from .classifier import Classifier, choose_artifact, resolve_profile
+    from .classifier import Classifier, artifact_names, resolve_profile
     from .engines import check_engine_name, check_threads, usable_cpus
 
     if not isinstance(bundle, Bundle):
@@ -207,13 +207,7 @@ def evaluate_bundle(bundle: Bundle | str | os.PathLike, data_dir: str | os.PathL
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise EvaluationError(f"top_k {top_k!r} is invalid; use a positive integer")
     profile = resolve_profile(profile)
-    if artifacts == "all":
-        names = list(bundle.artifacts)
-    elif artifacts:
-        bundle.artifact(artifacts)  # BundleError naming the bundle's artifacts
-        names = [artifacts]
-    else:
-        names = [choose_artifact(bundle, profile, engine)[0]]
+    names = artifact_names(bundle, artifacts, profile, engine)
     test = find_test_set(data_dir, bundle.labels, label_map)
     images, test = load_test_images(test, bundle.preprocess)
     scores, first = [], None

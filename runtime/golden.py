@@ -204,7 +204,7 @@ def verify_bundle(bundle: Bundle | str | os.PathLike, artifacts: str | None = No
     """Verify `artifacts` of a bundle on this machine: one name, "all", or None for the one the device
     would run (the profile's choice, else the bundle's default). tolerance: a probability difference
     every image must stay within, instead of the per-precision TOLERANCES."""
-    from .classifier import choose_artifact, resolve_profile
+    from .classifier import artifact_names, resolve_profile
 
     from .engines import check_engine_name, check_threads
 
@@ -219,12 +219,6 @@ def verify_bundle(bundle: Bundle | str | os.PathLike, artifacts: str | None = No
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance <= 1:
             raise ValueError(f"tolerance {tolerance!r} is invalid; use a probability difference in (0, 1]")
         tolerance = Tolerance(float(tolerance))
-    if artifacts == "all":
-        names = list(bundle.artifacts)
-    elif artifacts:
-        bundle.artifact(artifacts)  # BundleError naming the bundle's artifacts
-        names = [artifacts]
-    else:
-        names = [choose_artifact(bundle, profile, engine)[0]]
+    names = artifact_names(bundle, artifacts, profile, engine)
     return [verify_artifact(bundle, name, golden, engine=engine, threads=threads, tolerance=tolerance,
                             profile=profile) for name in names]
