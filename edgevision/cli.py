@@ -351,6 +351,16 @@ def run_exit_status(stopped_by: str) -> int:
     return 0
 
 
+def _add_artifact_options(p) -> None:
+    """--artifact (one or all), --engine, --threads, --profile: which artifacts of a bundle a runtime
+    command works on, and how they run (verify, evaluate)."""
+    p.add_argument("--artifact", default=None,
+                   help="an artifact of the bundle, or all (default: the one `edgevision run` would use here)")
+    p.add_argument("--engine", default=None, help="litert or onnxruntime (default: by artifact format)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the profile's, else all cores)")
+    p.add_argument("--profile", default="auto", help="device profile: auto (detect this machine), none, or a name")
+
+
 def _add_verify(sub) -> None:
     from edgevision.runtime.golden import TOLERANCES
 
@@ -363,11 +373,7 @@ def _add_verify(sub) -> None:
         f"tolerance of their precision ({tolerances}). Runtime only. Exits 1 when an artifact fails or cannot run.",
     )
     p.add_argument("bundle", metavar="BUNDLE", help="folder written by `edgevision export`")
-    p.add_argument("--artifact", default=None,
-                   help="an artifact of the bundle, or all (default: the one `edgevision run` would use here)")
-    p.add_argument("--engine", default=None, help="litert or onnxruntime (default: by artifact format)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the profile's, else all cores)")
-    p.add_argument("--profile", default="auto", help="device profile: auto (detect this machine), none, or a name")
+    _add_artifact_options(p)
     p.add_argument("--tolerance", type=float, default=None,
                    help="probability difference every image must stay within, for every artifact (default: per precision)")
     p.add_argument("--json", action="store_true", help="print one JSON object per artifact instead of a line")
@@ -399,12 +405,9 @@ def _add_evaluate(sub) -> None:
     )
     p.add_argument("bundle", metavar="BUNDLE", help="folder written by `edgevision export`")
     p.add_argument("data_dir", metavar="DATA_DIR", help="test photos: one subfolder per class")
-    p.add_argument("--artifact", default=None, help="an artifact, or all (default: the one `run` would use here)")
+    _add_artifact_options(p)
     p.add_argument("--label-map", action="append", default=[], metavar="FOLDER=LABEL",
                    help="a class folder whose name is not the label (repeatable)")
-    p.add_argument("--engine", default=None, help="litert or onnxruntime (default: by artifact format)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the profile's, else all cores)")
-    p.add_argument("--profile", default="auto", help="device profile: auto, none, or a name")
     p.add_argument("--top-k", type=int, default=5, help="k of the top-k accuracy (default 5)")
     p.add_argument("--errors", type=int, default=10, help="misclassified files listed (default 10)")
     p.add_argument("--min-accuracy", type=float, default=None, metavar="X",
