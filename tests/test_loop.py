@@ -274,35 +274,6 @@ def test_signals_stop_the_cli_cleanly_with_the_summary(tiny_bundle, tmp_path, si
     assert 1 <= summary["frames"] < 100 and summary["dropped"] == 0
 
 
-class MemorySource(Source):
-    """A synthetic in-memory source of `count` new 64x48 frames (a fresh array each, as a camera gives);
-    records the process's resident memory at chosen frames."""
-
-    def __init__(self, count: int, checkpoints: tuple[int, ...]):
-        super().__init__("memory://soak")
-        self.count = count
-        self.checkpoints = checkpoints
-        self.rss_kb: dict[int, int] = {}
-        self._base = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
-
-    def _open(self):
-        pass
-
-    def _read(self):
-        if self._index >= self.count:
-            return None
-        if self._index in self.checkpoints:
-            self.rss_kb[self._index] = _rss_kb()
-        image = self._base.copy()
-        image[0, 0, 0] = self._index & 255
-        return image, time.time()
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-
-
 class _CountingSink:
     def __init__(self):
         self.lines = 0
@@ -317,12 +288,14 @@ class _CountingSink:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
 def test_soak_10000_frames_memory_does_not_grow(tiny_bundle):
     classifier = Classifier(tiny_bundle.folder, threads=1)
-    source = MemorySource(10_000, checkpoints=(1_000, 9_999))
+    from edgevision.runtime.soak import GeneratedSource
+
+    source = GeneratedSource(10_000, size=(48, 64), checkpoints=(1_000, 9_999))
     sink = _CountingSink()
     config = LoopConfig(smoothing=SmoothingConfig(alpha=0.5, threshold=0.4))
     summary = run_loop(classifier, source, config, out=sink)
     assert summary.frames == 10_000 and sink.lines == 10_000 and summary.stopped_by == "end"
-    growth_kb = source.rss_kb[9_999] - source.rss_kb[1_000]
+    growth_kb = source.samples[9_999]["rss_kb"] - source.samples[1_000]["rss_kb"]
     # Everything per frame is released; the stats ring fills 16 bytes a frame (140 KB here). A leak of a
     # frame's JSON line or a 9 KB picture per frame would show as megabytes.
     assert growth_kb < 2048, f"resident memory grew {growth_kb} kB over 9,000 frames"
