@@ -443,6 +443,69 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _numbers(text: str) -> tuple[float, ...]:
+    """"127.5" or "123.675,116.28,103.53" -> floats (argparse shows the ValueError's message)."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or comma-separated numbers") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and 1 <= int(p) <= 4096 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH with each from 1 to 4096, e.g. 224x224")
+    return int(parts[0]), int(parts[1])
+
+
+def _add_import(sub) -> None:
+    p = sub.add_parser(
+        "import", help="make a bundle from a classifier trained elsewhere (.tflite or .onnx)",
+        description="Make a bundle from an image classifier trained with another tool (MediaPipe Model Maker, "
+        "Teachable Machine, PyTorch via ONNX, Ultralytics, ...), so that run, evaluate, verify and deploy accept it. "
+        "What the file says (its input shape and type, TFLite metadata: labels and normalization, ONNX metadata) is "
+        "used; flags fill in what it does not say, and a flag that contradicts the file is an error. Normalization "
+        "values are in 0-255 pixel units, one or three (per channel, in the model's channel order).",
+    )
+    p.add_argument("model", metavar="MODEL", help="the .tflite or .onnx file")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--labels", default=None, metavar="FILE", help="class names, one per line, in output order")
+    p.add_argument("--input-size", type=_size, default=None, metavar="HxW",
+                   help="input height x width, where the model leaves it open (e.g. 224x224)")
+    p.add_argument("--mean", type=_numbers, default=None, metavar="M", help="x = (pixel - M) / S, pixels 0-255")
+    p.add_argument("--std", type=_numbers, default=None, metavar="S", help="see --mean")
+    p.add_argument("--scale", type=_numbers, default=None, help="x = pixel * SCALE + OFFSET (instead of --mean/--std)")
+    p.add_argument("--offset", type=_numbers, default=None, help="see --scale")
+    p.add_argument("--layout", choices=("nhwc", "nchw"), default=None, help="input layout (default: from the shape)")
+    p.add_argument("--channel-order", choices=("rgb", "bgr"), default=None, help="colour order the model takes "
+                   "(default rgb)")
+    p.add_argument("--output", choices=("probabilities", "logits"), default=None,
+                   help="what the model outputs (default: found by running it; logits get a softmax)")
+    p.add_argument("--precision", default=None, help="fp32, fp16, dynamic_int8 or int8 (default: read from the file)")
+    p.add_argument("--resize", default="center_crop", help="center_crop (default) or squash")
+    p.add_argument("--golden-images", default=None, metavar="DIR",
+                   help="a few photos for the golden set `edgevision verify` replays (default: generated images)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    p.set_defaults(handler=_cmd_import)
+
+
+def _cmd_import(args) -> int:
+    from edgevision.runtime.importer import ImportOptions, import_model
+
+    options = ImportOptions(labels=args.labels, input_size=args.input_size, mean=args.mean, std=args.std,
+                            scale=args.scale, offset=args.offset, layout=args.layout, channel_order=args.channel_order,
+                            output=args.output, precision=args.precision, resize=args.resize,
+                            golden_images=args.golden_images)
+    result = import_model(args.model, args.out, options, overwrite=args.overwrite)
+    bundle, policy = result.bundle, result.bundle.preprocess
+    artifact = bundle.artifact()
+    print(f"imported {args.model} -> {result.out_dir}/{artifact.file} ({artifact.format} {artifact.precision}, "
+          f"{len(bundle.labels)} classes: {', '.join(bundle.labels[:5])}{', ...' if len(bundle.labels) > 5 else ''})")
+    print(f"input {policy.height}x{policy.width} {result.interface.describe()}")
+    print(f"golden set: {bundle.golden['images']} images; check a device with `edgevision verify {result.out_dir}`")
+    return 0
+
+
 def _add_deploy(sub) -> None:
     from edgevision.devices.profiles import profile_names
 
@@ -591,7 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgevision {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_export, _add_bench_export, _add_run, _add_verify, _add_evaluate, _add_deploy,
+    for add in (_add_train, _add_export, _add_bench_export, _add_run, _add_verify, _add_evaluate, _add_import,
+                _add_deploy,
                 _add_bench, _add_demo):
         add(sub)
     return parser

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgevision.runtime.atomic import atomic_directory, refuse_inputs
 from edgevision.runtime.engines import usable_cpus
-from edgevision.runtime.golden import golden_entry, golden_probs, write_golden
+from edgevision.runtime.golden import computed_on, golden_entry, golden_probs, write_golden
 from edgevision.runtime.timing import batch1_latency_ms
 from edgevision.runtime.bundle import BUNDLE_FILE, SCHEMA_VERSION, Artifact, Bundle, TensorSpec, file_sha256
 from edgevision.runtime.preprocess import ImageDecodeError, load_and_prepare
@@ -28,7 +28,7 @@ from edgevision.train.run_dir import RunInfo
 
 from .agreement import images_needed, too_few_warning
 from .calibration import CalibrationError, QuantizationConfig, calibration_images, search_images
-from .golden import choose_golden, computed_on
+from .golden import choose_golden
 
 log = logging.getLogger("edgevision.export")
 

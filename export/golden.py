@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import zlib
 
 import numpy as np
@@ -29,15 +28,3 @@ def choose_golden(images: np.ndarray, labels: np.ndarray, *, max_images: int = M
                 chosen.append(index)
                 used += cost
     return np.asarray(sorted(chosen), dtype=np.int64)
-
-
-def computed_on() -> dict:
-    """Where the golden answers were computed: the machine and the engines' versions."""
-    versions = {}
-    for module, name in (("ai_edge_litert", "ai-edge-litert"), ("onnxruntime", "onnxruntime")):
-        try:
-            versions[name] = __import__(module).__version__
-        except (ImportError, AttributeError):
-            pass
-    return {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-            "numpy": np.__version__, **versions}

@@ -3,7 +3,8 @@
 Figures (all from one run, so ratios compare like with like):
 - invoke: the engine alone on one prepared frame (mean);
 - decode: the source's per-frame cost (OpenCV decoding the video file);
-- preprocess: the one preprocessing path (crop, resize, BGR->RGB) on decoded frames (mean);
+- preprocess: the one preprocessing path (crop, resize, BGR->RGB) on decoded frames (mean), plus the
+  input conversion to the model's tensor (cast, normalization, quantization, NCHW), which runs inside invoke;
 - loop: end-to-end fps of the real loop (JSON lines written to /dev/null) as fast as it goes, and its ratio
   to 1 / (invoke + decode + preprocess) -- what the loop's own threads, hand-offs and output cost;
 - paced: the file played at a camera's frame rate: dropped frames and capture-to-result latency p95,
@@ -127,7 +128,7 @@ def run_bench(classifier: Classifier, video: str, config: BenchConfig = BenchCon
                      "threads": getattr(classifier.engine, "threads", None), "cpus": os.cpu_count()}
     policy = classifier.policy
 
-    def components() -> tuple[float, float, float, list[np.ndarray]]:
+    def components() -> tuple[float, float, float, float, list[np.ndarray]]:
         decode_ms, frames = _decode_ms(video, min(config.frames, 300))
         # The same frames the loop sees: a model's speed can depend on its input (denormal floats).
         prepared = [prepare(frame, policy, "bgr")[None] for frame in frames]
@@ -136,18 +137,21 @@ def run_bench(classifier: Classifier, video: str, config: BenchConfig = BenchCon
         cycle = iter(range(10**9))
         preprocess_ms = _mean_ms(lambda: prepare(frames[next(cycle) % len(frames)], policy, "bgr"),
                                  max(100, config.invokes))
-        return invoke_ms, decode_ms, preprocess_ms, frames
+        convert_ms = _mean_ms(lambda: classifier.engine.encode(prepared[next(cycle) % len(prepared)]),
+                              max(100, config.invokes))
+        return invoke_ms, decode_ms, preprocess_ms, convert_ms, frames
 
     # The pieces are measured right before and right after the loop and averaged, so a machine whose load
     # changes during the run skews the loop's ratio as little as possible.
     before = components()
     fast = _loop(classifier, video, LoopConfig(max_frames=config.frames))
     after = components()
-    frames = before[3]
+    frames = before[4]
     figures["frame_size"] = f"{frames[0].shape[1]}x{frames[0].shape[0]}"
-    for i, key in enumerate(("invoke_ms", "decode_ms", "preprocess_ms")):
+    for i, key in enumerate(("invoke_ms", "decode_ms", "preprocess_ms", "convert_ms")):
         figures[key] = (before[i] + after[i]) / 2
-    figures["preprocess_over_invoke"] = figures["preprocess_ms"] / figures["invoke_ms"]
+    figures["input_conversion"] = classifier.engine.input_conversion
+    figures["preprocess_over_invoke"] = (figures["preprocess_ms"] + figures["convert_ms"]) / figures["invoke_ms"]
     budget_ms = figures["invoke_ms"] + figures["decode_ms"] + figures["preprocess_ms"]
     figures["ideal_fps"] = 1000.0 / budget_ms
     figures["loop_fps"] = fast.fps
@@ -176,7 +180,8 @@ def format_figures(f: dict) -> str:
         ("source frames", f["frame_size"]),
         ("invoke alone", f"{f['invoke_ms']:.2f} ms"),
         ("decode per frame", f"{f['decode_ms']:.2f} ms"),
-        ("preprocess per frame", f"{f['preprocess_ms']:.2f} ms ({f['preprocess_over_invoke']:.0%} of invoke)"),
+        ("preprocess per frame", f"{f['preprocess_ms']:.2f} ms + input conversion ({f['input_conversion']}) "
+         f"{f['convert_ms']:.2f} ms = {f['preprocess_over_invoke']:.1%} of invoke"),
         ("1 / (invoke + decode + preprocess)", f"{f['ideal_fps']:.1f} fps"),
         ("loop, as fast as possible", f"{f['loop_fps']:.1f} fps = {f['loop_ratio']:.2f}x of that ({f['loop_frames']} frames)"),
         (f"paced at {f['paced_fps']:g} fps: dropped", f"{f['paced_dropped']} of {f['paced_frames'] + f['paced_dropped']}"),

@@ -15,17 +15,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .bundle_schema import bundle_problems
+from .model_io import IN_GRAPH, ModelInterface, Normalization
 from .preprocess import PreprocessPolicy
 
-SCHEMA_VERSION = 1
+# Version 2 added the model interface (normalization outside the graph, NCHW, BGR, logits) for
+# imported models; version 1 bundles (always RGB, NHWC, normalized in the graph) still load.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 BUNDLE_FILE = "bundle.json"
 MAX_BUNDLE_JSON_BYTES = 16 << 20
 FORMATS = ("tflite", "onnx")
-TENSOR_DTYPES = ("float32", "uint8", "int8")
+TENSOR_DTYPES = ("float32", "float16", "uint8", "int8")
 
 
 class BundleError(ValueError):
     """A bundle that is missing, malformed, or whose files do not match what bundle.json says."""
+
+
+def _interface(data: dict) -> ModelInterface:
+    """The model interface bundle.json describes (version 1 has only the in-graph, RGB, NHWC one)."""
+    norm = data.get("normalization", IN_GRAPH)
+    return ModelInterface(
+        layout=data["input"]["layout"].upper(),
+        channel_order=data["input"]["channel_order"].upper(),
+        normalization=None if norm == IN_GRAPH else Normalization(norm["mean"], norm["std"]),
+        output=data.get("output", "probabilities"),
+    )
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -83,10 +98,8 @@ class Bundle:
     preprocess: PreprocessPolicy
     artifacts: dict[str, Artifact]
     default_artifact: str
-    channel_order: str = "RGB"
-    layout: str = "NHWC"
-    # Normalization is inside every graph: models take raw 0-255 RGB pixels.
-    normalization: str = "in_graph"
+    # How the model files take pixels and give scores; the default is every edgevision export's.
+    interface: ModelInterface = field(default_factory=ModelInterface)
     provenance: dict = field(default_factory=dict)
     # Golden predictions for `edgevision verify` (runtime/golden.py): file, sha256, bytes, images, artifacts.
     golden: dict | None = None
@@ -110,12 +123,13 @@ class Bundle:
                 "height": self.preprocess.height,
                 "width": self.preprocess.width,
                 "channels": 3,
-                "channel_order": self.channel_order,
-                "layout": self.layout,
+                "channel_order": self.interface.channel_order,
+                "layout": self.interface.layout,
                 "value_range": [0, 255],
             },
             "preprocess": self.preprocess.to_dict(),
-            "normalization": self.normalization,
+            "normalization": IN_GRAPH if self.interface.normalization is None else self.interface.normalization.to_dict(),
+            "output": self.interface.output,
             "default_artifact": self.default_artifact,
             "artifacts": {name: asdict(a) for name, a in self.artifacts.items()},
             "provenance": self.provenance,
@@ -125,9 +139,10 @@ class Bundle:
     @classmethod
     def from_dict(cls, data: dict, folder: Path | None = None) -> "Bundle":
         version = data.get("schema_version") if isinstance(data, dict) else None
-        if version != SCHEMA_VERSION:
-            raise BundleError(f"Unsupported bundle schema version {version!r}; this edgevision reads version {SCHEMA_VERSION}")
-        problems = bundle_problems(data, FORMATS, TENSOR_DTYPES, SCHEMA_VERSION)
+        if version not in READABLE_VERSIONS:
+            raise BundleError(f"Unsupported bundle schema version {version!r}; this edgevision reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+        problems = bundle_problems(data, FORMATS, TENSOR_DTYPES, READABLE_VERSIONS)
         if problems:
             raise BundleError(f"bundle.json has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
         try:
@@ -136,9 +151,7 @@ class Bundle:
                 preprocess=PreprocessPolicy.from_dict(data["preprocess"]),
                 artifacts={name: Artifact.from_dict(a) for name, a in data["artifacts"].items()},
                 default_artifact=data["default_artifact"],
-                channel_order=data["input"]["channel_order"],
-                layout=data["input"]["layout"],
-                normalization=data.get("normalization", "in_graph"),
+                interface=_interface(data),
                 provenance=data.get("provenance", {}),
                 golden=data.get("golden"),
                 folder=folder,

@@ -3,7 +3,10 @@ what it holds and what is allowed. runtime/bundle.py raises them together as one
 
 from __future__ import annotations
 
+import math
 import re
+
+from .model_io import IN_GRAPH, LAYOUTS, MODEL_CHANNEL_ORDERS, OUTPUT_KINDS
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -62,13 +65,28 @@ def _artifact(problems: _Problems, name, entry, formats, dtypes) -> None:
     problems.need(f"{where} keys", sorted(unknown), not unknown, "no others")
 
 
-def bundle_problems(data, formats: tuple[str, ...], dtypes: tuple[str, ...], schema_version: int) -> list[str]:
+def _normalization(problems: _Problems, norm) -> None:
+    """"in_graph", or {"mean": [...], "std": [...]} with 1 or 3 finite numbers each, std > 0."""
+    if norm == IN_GRAPH:
+        return
+    if not problems.need("normalization", norm, isinstance(norm, dict) and set(norm) == {"mean", "std"},
+                         f'"{IN_GRAPH}" or an object with mean and std'):
+        return
+    for key in ("mean", "std"):
+        values = norm[key]
+        ok = (isinstance(values, list) and len(values) in (1, 3)
+              and all(_is_number(v) and math.isfinite(v) and (key == "mean" or v > 0) for v in values))
+        problems.need(f"normalization.{key}", values, ok,
+                      "1 or 3 finite numbers" + (" > 0" if key == "std" else "") + " (0-255 pixel units)")
+
+
+def bundle_problems(data, formats: tuple[str, ...], dtypes: tuple[str, ...], versions: tuple[int, ...]) -> list[str]:
     """Every problem of a parsed bundle.json (empty when it is well formed)."""
     problems = _Problems()
     if not problems.need("bundle.json", data, isinstance(data, dict), "an object"):
         return problems
-    problems.need("schema_version", data.get("schema_version"), data.get("schema_version") == schema_version,
-                  f"{schema_version} (what this edgevision reads)")
+    problems.need("schema_version", data.get("schema_version"), data.get("schema_version") in versions,
+                  f"one of {', '.join(map(str, versions))} (what this edgevision reads)")
     labels = data.get("labels")
     if problems.need("labels", labels, isinstance(labels, list) and len(labels) >= 2, "a list of at least 2 class names"):
         bad = [label for label in labels if not isinstance(label, str) or not label]
@@ -86,9 +104,13 @@ def bundle_problems(data, formats: tuple[str, ...], dtypes: tuple[str, ...], sch
             problems.need(f"input.{key}", spec.get(key), spec.get(key) == wanted and _is_int(spec.get(key)),
                           f"preprocess.{key} ({wanted!r})")
         problems.need("input.channels", spec.get("channels"), spec.get("channels") == 3, "3")
-        # channel_order and layout: the Classifier refuses what this runtime cannot feed, saying what it feeds.
-        for key in ("channel_order", "layout"):
-            problems.need(f"input.{key}", spec.get(key), isinstance(spec.get(key), str), "a string")
+        for key, allowed in (("channel_order", MODEL_CHANNEL_ORDERS), ("layout", LAYOUTS)):
+            value = spec.get(key)
+            problems.need(f"input.{key}", value, isinstance(value, str) and value.upper() in allowed,
+                          f"one of {', '.join(allowed)}")
+    _normalization(problems, data.get("normalization", IN_GRAPH))
+    problems.need("output", data.get("output", OUTPUT_KINDS[0]), data.get("output", OUTPUT_KINDS[0]) in OUTPUT_KINDS,
+                  f"one of {', '.join(OUTPUT_KINDS)}")
     artifacts = data.get("artifacts")
     if problems.need("artifacts", artifacts, isinstance(artifacts, dict) and len(artifacts) >= 1,
                      "an object of at least one artifact by name"):

@@ -105,14 +105,6 @@ class Classifier:
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= n_labels:
             raise ValueError(f"top_k {top_k!r} is invalid; use an integer from 1 to {n_labels} (the number of labels)")
         self._top_k = int(top_k)
-        # What this runtime feeds is fixed: raw 0-255 RGB pixels, NHWC, normalized inside the graph.
-        expected = {"channel_order": "RGB", "layout": "NHWC", "normalization": "IN_GRAPH"}
-        for key, value in expected.items():
-            if str(getattr(bundle, key)).upper() != value:
-                raise BundleError(
-                    f"Bundle {key} is {getattr(bundle, key)!r}; this runtime feeds models {value} "
-                    "(raw 0-255 RGB pixels, NHWC, normalization inside the graph)"
-                )
         engine_name = resolve_engine(self._artifact, engine)  # ValueError naming a bad engine, before any I/O
         path = bundle.verified_path(self._artifact_name)  # size + sha256, before an engine parses the file
         if self._profile is not None:
@@ -120,7 +112,7 @@ class Classifier:
             delegate = delegate or (self._profile.delegate if engine_name == "litert" else None)
         providers = self._profile.onnx_providers if self._profile is not None else None
         self._engine = open_engine(path, self._artifact, engine_name, threads, delegate=delegate,
-                                   providers=providers or None)
+                                   providers=providers or None, interface=bundle.interface)
         policy = bundle.preprocess
         height, width = self._engine.input_hw
         if (height is not None and height != policy.height) or (width is not None and width != policy.width):

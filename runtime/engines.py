@@ -1,15 +1,10 @@
 """Inference engines: one interpreter or session per model file, built once, run on prepared batches.
 
-An engine takes what `prepare()` produces, stacked: an (N, H, W, 3) uint8 RGB batch of raw 0-255 pixels
-(normalization lives inside every graph), and returns float32 probabilities of shape (N, classes). The
-conversion to the model's input type is decided once, when the engine opens, from the model's own tensor
-details, and checked against what bundle.json says:
-
-- uint8 input with scale 1 / zero-point 0 (or no quantization): the pixels are fed as they are;
-- float input: the pixels are cast (0-255 floats; the graph normalizes);
-- other quantized input (int8, or uint8 with another scale): quantized with the tensor's scale and
-  zero-point, real = scale * (q - zero_point);
-- quantized outputs are dequantized the same way.
+An engine takes what `prepare()` produces, stacked: an (N, H, W, 3) uint8 RGB batch of raw 0-255 pixels,
+and returns float32 probabilities of shape (N, classes). How that becomes the model's own input (type,
+quantization, normalization outside the graph, channel order, NCHW) and how its output becomes
+probabilities is decided once, when the engine opens, from the model's tensor details and the bundle's
+ModelInterface (runtime/model_io.py), and checked against what bundle.json says.
 
 The engines themselves are optional packages, imported here lazily, inside the function that opens a
 model: a device installs only the one it uses. Engines are not thread-safe: use one per thread.
@@ -29,6 +24,11 @@ from edgevision.choices import choice_error
 from edgevision.tflogs import quiet_litert
 
 from .bundle import Artifact, BundleError, TensorSpec
+from .model_io import EngineError, InputCodec, ModelInterface, OutputCodec, dequantize, quantize
+
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "EngineError", "EngineUnavailableError", "LiteRTEngine",
+           "OnnxEngine", "check_engine_name", "check_threads", "dequantize", "engine_available", "open_engine",
+           "quantize", "resolve_engine", "usable_cpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ DELEGATES = {
                 "Coral's apt repository (https://coral.ai/software/), and use a model compiled by edgetpu_compiler"),
     "gpu": ("libtensorflowlite_gpu_delegate.so", "build or install TensorFlow Lite's GPU delegate library"),
 }
-
-
-class EngineError(RuntimeError):
-    """An engine that cannot load or run a model file (as opposed to a file that fails verification)."""
 
 
 class EngineUnavailableError(ImportError):
@@ -68,69 +64,6 @@ def check_threads(threads: int | None) -> int | None:
     return int(threads)
 
 
-def quantize(values: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
-    """Real values -> integers of `dtype` with real = scale * (q - zero_point), rounded and saturated."""
-    info = np.iinfo(dtype)
-    q = np.rint(values.astype(np.float32) * np.float32(1.0 / scale)) + np.float32(zero_point)
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Integers -> float32 real values, real = scale * (q - zero_point)."""
-    return (values.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
-
-
-class _InputCodec:
-    """How a uint8 pixel batch becomes the model's input tensor; decided once per engine."""
-
-    def __init__(self, dtype: np.dtype, scale: float | None, zero_point: int | None, where: str):
-        self.dtype = np.dtype(dtype)
-        self.scale = scale
-        self.zero_point = zero_point
-        quantized = bool(scale)  # TFLite reports scale 0.0 for "not quantized"
-        if self.dtype.kind == "f":
-            self.mode = "cast"
-        elif self.dtype == np.uint8 and (not quantized or (scale == 1.0 and zero_point == 0)):
-            self.mode = "raw"  # camera pixels go in as they are: no arithmetic at all
-        elif self.dtype.kind in "iu" and quantized:
-            self.mode = "quantize"
-        else:
-            raise EngineError(
-                f"{where}: input tensor type {self.dtype} without quantization parameters cannot take "
-                "0-255 pixels; expected float32, uint8, or a quantized integer input"
-            )
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if self.mode == "raw":
-            return batch
-        if self.mode == "cast":
-            return batch.astype(self.dtype)
-        return quantize(batch, self.dtype, self.scale, self.zero_point)
-
-
-class _OutputCodec:
-    """Model output -> float32 probabilities (dequantized where the output is quantized)."""
-
-    def __init__(self, dtype: np.dtype, scale: float | None, zero_point: int | None, where: str):
-        self.dtype = np.dtype(dtype)
-        self.scale = scale
-        self.zero_point = zero_point
-        if self.dtype.kind == "f":
-            self.dequantize = False
-        elif self.dtype.kind in "iu" and scale:
-            self.dequantize = True
-        else:
-            raise EngineError(
-                f"{where}: output tensor type {self.dtype} has no quantization parameters; "
-                "cannot turn it into probabilities"
-            )
-
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        if self.dequantize:
-            return dequantize(values, self.scale, self.zero_point)
-        return values.astype(np.float32, copy=False)
-
-
 def _check_spec(
     where: str, role: str, spec: TensorSpec, dtype: np.dtype, scale: float | None, zero_point: int | None
 ) -> None:
@@ -149,6 +82,18 @@ def _check_spec(
 
 def _static_dim(value) -> int | None:
     return int(value) if isinstance(value, (int, np.integer)) and value > 0 else None
+
+
+def _check_layout(where: str, shape: list, interface: ModelInterface) -> None:
+    """The model's input must have 3 channels where the bundle's layout puts them."""
+    if len(shape) == 4 and shape[interface.channels_axis] == 3:
+        return
+    other = "NCHW" if interface.layout == "NHWC" else "NHWC"
+    if len(shape) == 4 and shape[3 if other == "NHWC" else 1] == 3:
+        raise EngineError(f"{where} takes input of shape {shape}, which is {other}; bundle.json says "
+                          f"{interface.layout}")
+    expected = "(batch, height, width, 3)" if interface.layout == "NHWC" else "(batch, 3, height, width)"
+    raise EngineError(f"{where} takes input of shape {shape}; expected {interface.layout} {expected}")
 
 
 class Engine(ABC):
@@ -195,8 +140,14 @@ class Engine(ABC):
 
     @property
     def input_conversion(self) -> str:
-        """How pixels become the input tensor: "raw" (fed as they are), "cast" (to float) or "quantize"."""
+        """How pixels become the input tensor: "raw" (fed as they are), "cast" (to float), "normalize"
+        (float, per-channel mean and std) or "quantize"; see runtime/model_io.py."""
         return self._encode.mode
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        """The input tensor `run` feeds for a prepared batch (what the input conversion costs is measured
+        on this)."""
+        return self._encode(batch)
 
     @abstractmethod
     def _run_batch(self, batch: np.ndarray) -> np.ndarray: ...
@@ -271,7 +222,7 @@ class LiteRTEngine(Engine):
     formats = ("tflite",)
 
     def __init__(self, path: str | os.PathLike, artifact: Artifact, threads: int | None = None,
-                 delegate: str | None = None):
+                 delegate: str | None = None, interface: ModelInterface = ModelInterface()):
         threads = check_threads(threads)
         self.path = Path(path)
         self.artifact = artifact
@@ -299,11 +250,10 @@ class LiteRTEngine(Engine):
         inp, out = inputs[0], outputs[0]
         shape = [int(d) for d in inp["shape"]]
         signature = [int(d) for d in inp.get("shape_signature", inp["shape"])]
-        if len(shape) != 4 or shape[3] != 3:
-            raise EngineError(f"{where} takes input of shape {shape}; expected NHWC (batch, height, width, 3)")
+        _check_layout(where, shape, interface)
         self._input_index = inp["index"]
         self._output_index = out["index"]
-        self.input_hw = (shape[1], shape[2])
+        self.input_hw = tuple(_static_dim(d) for d in interface.input_hw(shape))
         self.model_batch = None if signature[0] == -1 else shape[0]
         self._current_batch = shape[0]
         if len(out["shape"]) != 2:
@@ -313,17 +263,18 @@ class LiteRTEngine(Engine):
         out_scale, out_zero = out["quantization"]
         _check_spec(where, "input", artifact.input, inp["dtype"], in_scale, in_zero)
         _check_spec(where, "output", artifact.output, out["dtype"], out_scale, out_zero)
-        self._encode = _InputCodec(inp["dtype"], in_scale, in_zero, where)
-        self._decode = _OutputCodec(out["dtype"], out_scale, out_zero, where)
+        self._encode = InputCodec(inp["dtype"], in_scale, in_zero, interface, where)
+        self._decode = OutputCodec(out["dtype"], out_scale, out_zero, interface, where)
 
     def _run_batch(self, batch: np.ndarray) -> np.ndarray:
         interpreter = self._interpreter
+        tensor = self._encode(batch)
         if len(batch) != self._current_batch:
             # Only when the batch size changes (the camera loop always sends 1): re-plan once, reuse after.
-            interpreter.resize_tensor_input(self._input_index, [len(batch), *batch.shape[1:]])
+            interpreter.resize_tensor_input(self._input_index, list(tensor.shape))
             interpreter.allocate_tensors()
             self._current_batch = len(batch)
-        interpreter.set_tensor(self._input_index, self._encode(batch))
+        interpreter.set_tensor(self._input_index, tensor)
         interpreter.invoke()
         return self._decode(interpreter.get_tensor(self._output_index))
 
@@ -348,7 +299,8 @@ class OnnxEngine(Engine):
     formats = ("onnx",)
 
     def __init__(self, path: str | os.PathLike, artifact: Artifact, threads: int | None = None,
-                 delegate: str | None = None, providers: tuple[str, ...] | None = None):
+                 delegate: str | None = None, providers: tuple[str, ...] | None = None,
+                 interface: ModelInterface = ModelInterface()):
         threads = check_threads(threads)
         self.path = Path(path)
         self.artifact = artifact
@@ -382,11 +334,10 @@ class OnnxEngine(Engine):
         if inp.type not in _ONNX_TYPES or out.type not in _ONNX_TYPES:
             raise EngineError(f"{where}: unsupported tensor types {inp.type} -> {out.type}")
         shape = list(inp.shape)
-        if len(shape) != 4 or shape[3] != 3:
-            raise EngineError(f"{where} takes input of shape {shape}; expected NHWC (batch, height, width, 3)")
+        _check_layout(where, shape, interface)
         self._input_name = inp.name
         self._output_name = out.name
-        self.input_hw = (_static_dim(shape[1]), _static_dim(shape[2]))
+        self.input_hw = tuple(_static_dim(d) for d in interface.input_hw(shape))
         self.model_batch = _static_dim(shape[0])
         if len(out.shape) != 2:
             raise EngineError(f"{where} produces output of shape {list(out.shape)}; expected (batch, classes)")
@@ -394,8 +345,8 @@ class OnnxEngine(Engine):
         in_dtype, out_dtype = np.dtype(_ONNX_TYPES[inp.type]), np.dtype(_ONNX_TYPES[out.type])
         _check_spec(where, "input", artifact.input, in_dtype, None, None)
         _check_spec(where, "output", artifact.output, out_dtype, None, None)
-        self._encode = _InputCodec(in_dtype, artifact.input.scale, artifact.input.zero_point, where)
-        self._decode = _OutputCodec(out_dtype, artifact.output.scale, artifact.output.zero_point, where)
+        self._encode = InputCodec(in_dtype, artifact.input.scale, artifact.input.zero_point, interface, where)
+        self._decode = OutputCodec(out_dtype, artifact.output.scale, artifact.output.zero_point, interface, where)
 
     def _run_batch(self, batch: np.ndarray) -> np.ndarray:
         result = self._session.run([self._output_name], {self._input_name: self._encode(batch)})[0]
@@ -439,9 +390,11 @@ def engine_available(name: str) -> bool:
 def open_engine(
     path: str | os.PathLike, artifact: Artifact, engine: str | None = None, threads: int | None = None,
     *, delegate: str | None = None, providers: tuple[str, ...] | None = None,
+    interface: ModelInterface = ModelInterface(),
 ) -> Engine:
     """Open a model file once. `path` must already be verified (Bundle.verified_path). delegate: a LiteRT
-    delegate (DELEGATES name or library path); providers: onnxruntime execution providers, best first."""
+    delegate (DELEGATES name or library path); providers: onnxruntime execution providers, best first;
+    interface: how the model takes its input and gives its output (the bundle's)."""
     name = resolve_engine(artifact, engine)
     options = {"providers": providers} if name == "onnxruntime" else {}
-    return ENGINES[name](path, artifact, threads, delegate=delegate, **options)
+    return ENGINES[name](path, artifact, threads, delegate=delegate, interface=interface, **options)

@@ -19,6 +19,7 @@ way.
 from __future__ import annotations
 
 import os
+import platform
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -55,6 +56,18 @@ class GoldenSet:
     images: np.ndarray  # (N, H, W, 3) uint8, prepared
     labels: np.ndarray  # (N,) true classes
     probs: dict[str, np.ndarray]  # artifact name -> (N, classes) float32 on the export machine
+
+
+def computed_on() -> dict:
+    """Where the golden answers were computed: the machine and the engines' versions."""
+    versions = {}
+    for module, name in (("ai_edge_litert", "ai-edge-litert"), ("onnxruntime", "onnxruntime")):
+        try:
+            versions[name] = __import__(module).__version__
+        except (ImportError, AttributeError):
+            pass
+    return {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+            "numpy": np.__version__, **versions}
 
 
 def golden_entry(folder: Path, artifacts: list[str], computed_on: dict) -> dict:

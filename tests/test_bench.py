@@ -14,7 +14,8 @@ from edgevision.cli import main
 from edgevision.runtime.bench import BenchConfig, format_figures
 
 FIGURES = {
-    "artifact", "engine", "threads", "cpus", "frame_size", "invoke_ms", "decode_ms", "preprocess_ms",
+    "artifact", "engine", "threads", "cpus", "frame_size", "invoke_ms", "decode_ms", "preprocess_ms", "convert_ms",
+    "input_conversion",
     "preprocess_over_invoke", "ideal_fps", "loop_fps", "loop_frames", "loop_ratio", "paced_fps", "paced_frames",
     "paced_dropped", "paced_age_ms_p50", "paced_age_ms_p95", "paced_age_target_ms", "first_prediction_s",
     "first_prediction_cpu_s",
@@ -69,10 +70,11 @@ def test_bench_table_and_bad_input(tiny_bundle, clip, capsys, tmp_path):
 
 def test_format_figures_reads_like_the_readme():
     figures = {"artifact": "a", "engine": "litert", "threads": 2, "cpus": 2, "frame_size": "640x480",
-               "invoke_ms": 10.0, "decode_ms": 2.0, "preprocess_ms": 0.5, "preprocess_over_invoke": 0.05,
+               "invoke_ms": 10.0, "decode_ms": 2.0, "preprocess_ms": 0.5, "convert_ms": 0.1,
+               "input_conversion": "normalize", "preprocess_over_invoke": 0.06,
                "ideal_fps": 80.0, "loop_fps": 76.0, "loop_frames": 300, "loop_ratio": 0.95, "paced_fps": 30.0,
                "paced_frames": 150, "paced_dropped": 0, "paced_age_ms_p50": 12.0, "paced_age_ms_p95": 13.5,
                "paced_age_target_ms": 15.5}
     table = format_figures(figures)
-    assert "76.0 fps = 0.95x of that (300 frames)" in table and "0.50 ms (5% of invoke)" in table
+    assert "76.0 fps = 0.95x of that (300 frames)" in table and "0.50 ms + input conversion (normalize) 0.10 ms = 6.0% of invoke" in table
     assert "0 of 150" in table and "target <= 15.50" in table
