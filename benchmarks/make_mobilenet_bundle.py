@@ -1,4 +1,4 @@
-"""Make the bundle and video that `edgevision bench` is measured on (README "Measured: runtime").
+"""Make the bundle and video that `edgevision bench` is measured on (docs/measured.md, "Measured: runtime").
 
 MobileNetV2 1.0 at 224x224 (Rescaling -> MobileNetV2 without ImageNet weights -> Dense softmax, 10
 classes): the speed of a network does not depend on its weights. Artifacts: fp32 and full-int8 (uint8 I/O)
@@ -12,7 +12,6 @@ Also writes a 640x480 30 fps mp4 panning over those photos. Needs the export ext
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -58,24 +57,12 @@ def write_pan_video(path: Path, frames: int = 300, size=(640, 480), fps: int = 3
     return path
 
 
-def tensor_spec(content: bytes, role: str):
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgevision.runtime.bundle import TensorSpec
-
-    interpreter = Interpreter(model_content=content)
-    details = (interpreter.get_input_details() if role == "input" else interpreter.get_output_details())[0]
-    scale, zero_point = details["quantization"]
-    dtype = np.dtype(details["dtype"]).name
-    return TensorSpec(dtype, float(scale), int(zero_point)) if scale else TensorSpec(dtype)
-
-
 def main(out: Path) -> None:
     import keras
 
     from edgevision.export.onnx import to_onnx_fp32, to_onnx_int8
     from edgevision.export.tflite import to_tflite_fp32, to_tflite_int8
-    from edgevision.runtime.bundle import Artifact, Bundle, TensorSpec, file_sha256
+    from edgevision.runtime.bundle import ARTIFACT_NAMES, Artifact, Bundle
     from edgevision.runtime.preprocess import PreprocessPolicy
 
     bundle_dir = out / "bundle"
@@ -90,27 +77,18 @@ def main(out: Path) -> None:
     policy = PreprocessPolicy(224, 224, "center_crop", "linear")
     images = calibration_images(policy)
 
-    made = {}
-    fp32 = to_tflite_fp32(model)
-    made["tflite_fp32"] = ("model_fp32.tflite", "tflite", "fp32", fp32, tensor_spec(fp32, "input"),
-                           tensor_spec(fp32, "output"))
-    int8 = to_tflite_int8(model, images, "uint8")
-    made["tflite_int8"] = ("model_int8.tflite", "tflite", "int8", int8, tensor_spec(int8, "input"),
-                           tensor_spec(int8, "output"))
     onnx_fp32 = to_onnx_fp32(model)
-    made["onnx_fp32"] = ("model.onnx", "onnx", "fp32", onnx_fp32, TensorSpec("float32"), TensorSpec("float32"))
-    made["onnx_int8"] = ("model_int8.onnx", "onnx", "int8", to_onnx_int8(onnx_fp32, images),
-                         TensorSpec("float32"), TensorSpec("float32"))
+    made = {"tflite_fp32": to_tflite_fp32(model), "tflite_int8": to_tflite_int8(model, images, "uint8"),
+            "onnx_fp32": onnx_fp32, "onnx_int8": to_onnx_int8(onnx_fp32, images)}
     artifacts = {}
-    for name, (file, fmt, precision, content, input_spec, output_spec) in made.items():
+    for kind, content in made.items():
+        fmt, precision, file = ARTIFACT_NAMES[kind]
         (bundle_dir / file).write_bytes(content)
-        artifacts[name] = Artifact(file=file, format=fmt, precision=precision, sha256=file_sha256(bundle_dir / file),
-                                   bytes=len(content), input=input_spec, output=output_spec)
-    bundle = Bundle(labels=[f"class{i}" for i in range(10)], preprocess=policy, artifacts=artifacts,
-                    default_artifact="tflite_fp32",
-                    provenance={"made_by": "benchmarks/make_mobilenet_bundle.py", "backbone": "mobilenet_v2",
-                                "alpha": 1.0, "weights": "random (speed only)"})
-    (bundle_dir / "bundle.json").write_text(json.dumps(bundle.to_dict(), indent=2))
+        artifacts[file] = Artifact.from_file(bundle_dir / file, fmt, precision)
+    Bundle(labels=[f"class{i}" for i in range(10)], preprocess=policy, artifacts=artifacts,
+           default_artifact="model_fp32.tflite",
+           provenance={"made_by": "benchmarks/make_mobilenet_bundle.py", "backbone": "mobilenet_v2",
+                       "alpha": 1.0, "weights": "random (speed only)"}).write(bundle_dir)
     video = write_pan_video(out / "pan640x480.mp4")
     print(f"wrote {bundle_dir} ({', '.join(artifacts)}) and {video}")
 

@@ -21,11 +21,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgevision.runtime.atomic import atomic_directory, refuse_inputs
-from edgevision.runtime.bundle import BUNDLE_FILE, Bundle
+from edgevision.runtime.bundle import Bundle
 from edgevision.runtime.engines import DEFAULT_ENGINE
 
 from edgevision.devices.profiles import DeviceProfile, load_profile
@@ -85,17 +85,15 @@ def _pruned_bundle(bundle: Bundle, keep: list[str], folder: Path) -> None:
     """Copy the kept artifacts and the golden file (checked against bundle.json first), and write a
     bundle.json that lists only them, with the profile's first choice as default."""
     folder.mkdir()
-    data = bundle.to_dict()
-    data["artifacts"] = {name: data["artifacts"][name] for name in keep}
-    data["default_artifact"] = keep[0]
     for name in keep:
         shutil.copy2(bundle.verified_path(name), folder / bundle.artifacts[name].file)
     shutil.copy2(bundle.folder / bundle.golden["file"], folder / bundle.golden["file"])
-    data["golden"] = {**bundle.golden, "artifacts": [n for n in bundle.golden.get("artifacts", []) if n in keep]}
     report = bundle.folder / "report.md"
     if report.is_file():
         shutil.copy2(report, folder / "report.md")
-    (folder / BUNDLE_FILE).write_text(json.dumps(data, indent=2))
+    golden = {**bundle.golden, "artifacts": [n for n in bundle.golden.get("artifacts", []) if n in keep]}
+    replace(bundle, artifacts={name: bundle.artifacts[name] for name in keep}, default_artifact=keep[0],
+            golden=golden, folder=folder).write()
 
 
 def pip_platforms(machine: str) -> list[str]:

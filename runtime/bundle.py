@@ -13,6 +13,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .bundle_schema import bundle_problems
 from .model_io import IN_GRAPH, ModelInterface, Normalization
@@ -26,6 +27,34 @@ BUNDLE_FILE = "bundle.json"
 MAX_BUNDLE_JSON_BYTES = 16 << 20
 FORMATS = ("tflite", "onnx")
 TENSOR_DTYPES = ("float32", "float16", "uint8", "int8")
+
+
+class ArtifactName(NamedTuple):
+    format: str
+    precision: str
+    file: str
+
+
+# Artifact kinds by name: what `edgevision export --formats` writes and what `edgevision import` may
+# bring. bundle.json keys its artifacts by file name; every command also accepts the kind name.
+ARTIFACT_NAMES = {
+    "tflite_fp32": ArtifactName("tflite", "fp32", "model_fp32.tflite"),
+    "tflite_fp16": ArtifactName("tflite", "fp16", "model_fp16.tflite"),
+    "tflite_dynamic": ArtifactName("tflite", "dynamic_int8", "model_dynamic.tflite"),
+    "tflite_int8": ArtifactName("tflite", "int8", "model_int8.tflite"),
+    "onnx_fp32": ArtifactName("onnx", "fp32", "model.onnx"),
+    "onnx_fp16": ArtifactName("onnx", "fp16", "model_fp16.onnx"),
+    "onnx_dynamic": ArtifactName("onnx", "dynamic_int8", "model_dynamic.onnx"),
+    "onnx_int8": ArtifactName("onnx", "int8", "model_int8.onnx"),
+}
+
+
+def artifact_file(fmt: str, precision: str) -> str:
+    """The file name a bundle gives an artifact of this format and precision."""
+    for name in ARTIFACT_NAMES.values():
+        if (name.format, name.precision) == (fmt, precision):
+            return name.file
+    raise ValueError(f"No artifact kind is {fmt} {precision}")
 
 
 class BundleError(ValueError):
@@ -83,6 +112,23 @@ class Artifact:
             raise BundleError(f"Artifact {self.file!r} has unknown format {self.format!r}; allowed: {', '.join(FORMATS)}")
         if os.path.basename(self.file) != self.file:
             raise BundleError(f"Artifact file {self.file!r} must be a plain file name inside the bundle folder")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, fmt: str, precision: str, *, input: TensorSpec | None = None,
+                  output: TensorSpec | None = None, metrics: dict | None = None) -> "Artifact":
+        """The entry for a model file already written in the bundle folder: its sha256 and size, and
+        its tensor types as the file declares them (TFLite); ONNX graphs say nothing of quantization,
+        so theirs are given (default float32, as every exported ONNX model takes and gives)."""
+        path = Path(path)
+        if fmt == "tflite" and (input is None or output is None):
+            from .tflite_file import read_tflite
+
+            model = read_tflite(path.read_bytes())
+            input = input or TensorSpec(model.input.dtype, model.input.scale, model.input.zero_point)
+            output = output or TensorSpec(model.output.dtype, model.output.scale, model.output.zero_point)
+        return cls(file=path.name, format=fmt, precision=precision, sha256=file_sha256(path),
+                   bytes=path.stat().st_size, input=input or TensorSpec(), output=output or TensorSpec(),
+                   metrics=dict(metrics or {}))
 
     @classmethod
     def from_dict(cls, data: dict) -> "Artifact":
@@ -163,6 +209,15 @@ class Bundle:
         except (TypeError, ValueError) as bad:  # PreprocessPolicy names the bad value
             raise BundleError(f"bundle.json has a malformed entry: {bad}") from None
 
+    def write(self, folder: str | os.PathLike | None = None) -> Path:
+        """Write bundle.json into `folder` (default: the folder the bundle belongs to)."""
+        folder = Path(folder) if folder is not None else self.folder
+        if folder is None:
+            raise BundleError("This bundle has no folder to write bundle.json into")
+        path = folder / BUNDLE_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Bundle":
         folder = Path(folder)
@@ -182,11 +237,35 @@ class Bundle:
             raise BundleError(f"'{path}' is nested too deeply to be a bundle.json") from None
         return cls.from_dict(data, folder=folder)
 
-    def artifact(self, name: str | None = None) -> Artifact:
+    def artifact_key(self, name: str | None = None) -> str:
+        """The bundle.json key of an artifact named by its key (file name) or by its kind name
+        (e.g. tflite_int8); None: the default artifact."""
         name = name or self.default_artifact
-        if name not in self.artifacts:
-            raise BundleError(f"Unknown artifact {name!r}; this bundle has: {', '.join(self.artifacts)}")
-        return self.artifacts[name]
+        if name in self.artifacts:
+            return name
+        if name in ARTIFACT_NAMES and self._alias_key(name) is not None:
+            return self._alias_key(name)
+        raise BundleError(f"Unknown artifact {name!r}; this bundle has: {', '.join(self._names())}")
+
+    def _names(self) -> list[str]:
+        """Each artifact's key, with the kind name that also reaches it: "model_int8.tflite (tflite_int8)"."""
+        names = []
+        for key, artifact in self.artifacts.items():
+            alias = next((n for n, k in ARTIFACT_NAMES.items() if (k.format, k.precision) == (artifact.format,
+                          artifact.precision) and n not in self.artifacts), None)
+            reaches = alias is not None and self._alias_key(alias) == key
+            names.append(f"{key} ({alias})" if reaches else key)
+        return names
+
+    def _alias_key(self, alias: str) -> str | None:
+        kind = ARTIFACT_NAMES[alias]
+        if kind.file in self.artifacts:
+            return kind.file
+        matches = [key for key, a in self.artifacts.items() if (a.format, a.precision) == (kind.format, kind.precision)]
+        return matches[0] if len(matches) == 1 else None
+
+    def artifact(self, name: str | None = None) -> Artifact:
+        return self.artifacts[self.artifact_key(name)]
 
     def verified_path(self, name: str | None = None) -> Path:
         """Path of an artifact after checking its size and sha256; a missing, truncated or tampered

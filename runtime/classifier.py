@@ -56,8 +56,7 @@ def artifact_names(bundle: Bundle, which: str | None, profile: DeviceProfile | N
     if which == "all":
         return list(bundle.artifacts)
     if which:
-        bundle.artifact(which)  # BundleError naming the bundle's artifacts
-        return [which]
+        return [bundle.artifact_key(which)]  # BundleError naming the bundle's artifacts
     return [choose_artifact(bundle, profile, engine)[0]]
 
 
@@ -97,10 +96,11 @@ class Classifier:
         self._bundle = bundle
         self._profile = resolve_profile(profile)
         if artifact:
-            self._artifact_name, self.selection = artifact, "asked for"
+            # BundleError naming the bundle's artifacts; a kind name (tflite_int8) becomes its key
+            self._artifact_name, self.selection = bundle.artifact_key(artifact), "asked for"
         else:
             self._artifact_name, self.selection = choose_artifact(bundle, self._profile, engine)
-        self._artifact = bundle.artifact(self._artifact_name)  # BundleError naming an unknown artifact
+        self._artifact = bundle.artifact(self._artifact_name)
         n_labels = len(bundle.labels)
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= n_labels:
             raise ValueError(f"top_k {top_k!r} is invalid; use an integer from 1 to {n_labels} (the number of labels)")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_directory, refuse_inputs
-from .bundle import BUNDLE_FILE, TENSOR_DTYPES, Artifact, Bundle, TensorSpec, file_sha256
+from .atomic import atomic_directory, check_output_folder, refuse_inputs
+from .bundle import TENSOR_DTYPES, Artifact, Bundle, TensorSpec, artifact_file, file_sha256
 from .model_io import LAYOUTS, MODEL_CHANNEL_ORDERS, OUTPUT_KINDS, ModelInterface, Normalization
 from .preprocess import IMAGE_EXTENSIONS, RESIZE_MODES, ImageDecodeError, PreprocessPolicy, load_and_prepare
 from .tflite_file import TFLiteFileError, parse_labels, read_tflite
@@ -36,11 +36,6 @@ MODEL_SUFFIXES = {".tflite": "tflite", ".onnx": "onnx"}
 MAX_MODEL_BYTES = 2 << 30  # protobuf's and flatbuffers' own limit
 EDGEVISION_METADATA_KEY = "edgevision.bundle"  # what `edgevision export` embeds in every model file
 GOLDEN_IMAGES = 16
-# Bundle file name per (format, precision), as `edgevision export` names its artifacts.
-ARTIFACT_FILES = {("tflite", "fp32"): "model_fp32.tflite", ("tflite", "fp16"): "model_fp16.tflite",
-                  ("tflite", "dynamic_int8"): "model_dynamic.tflite", ("tflite", "int8"): "model_int8.tflite",
-                  ("onnx", "fp32"): "model.onnx", ("onnx", "fp16"): "model_fp16.onnx",
-                  ("onnx", "dynamic_int8"): "model_dynamic.onnx", ("onnx", "int8"): "model_int8.onnx"}
 PRECISIONS = ("fp32", "fp16", "dynamic_int8", "int8")
 
 
@@ -478,8 +473,7 @@ def import_model(model: str | os.PathLike, out_dir: str | os.PathLike, options: 
     fmt = _check_model_file(path)
     refuse_inputs(out_dir, [path] + ([options.golden_images] if options.golden_images else [])
                   + ([options.labels] if options.labels else []))
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"Output folder '{out_dir}' already exists; choose another or pass --overwrite")
+    check_output_folder(out_dir, overwrite)
     content = path.read_bytes()
     facts = _read_tflite_facts(path, content) if fmt == "tflite" else _read_onnx_facts(path)
     precision = _precision(path, facts, options.precision)
@@ -496,7 +490,7 @@ def import_model(model: str | os.PathLike, out_dir: str | os.PathLike, options: 
                                normalization=_decide_normalization(path, facts, options))
     images = (folder_images(Path(options.golden_images), policy) if options.golden_images
               else synthetic_images(GOLDEN_IMAGES, height, width))
-    file_name = ARTIFACT_FILES[(fmt, precision)]
+    file_name = artifact_file(fmt, precision)
     sha = hashlib.sha256(content).hexdigest()
     artifact = Artifact(file=file_name, format=fmt, precision=precision, sha256=sha, bytes=len(content),
                         input=_tensor_spec(facts.input_dtype, facts.input_scale, facts.input_zero_point),
@@ -524,7 +518,7 @@ def import_model(model: str | os.PathLike, out_dir: str | os.PathLike, options: 
         probs = golden_probs(classifier, images)
         write_golden(staging, images, probs.argmax(axis=1), {file_name: probs})
         bundle.golden = golden_entry(staging, [file_name], computed_on())
-        (staging / BUNDLE_FILE).write_text(json.dumps(bundle.to_dict(), indent=2))
+        bundle.write()
     bundle.folder = out_dir
     return ImportResult(bundle=bundle, out_dir=out_dir, facts=facts, interface=interface,
                         notes=[f"output: {kind} ({why})"])

@@ -7,7 +7,6 @@ this file: tests that do not use those fixtures must not pay for them.
 from __future__ import annotations
 
 import json
-import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,105 +84,43 @@ def _build_tiny_keras_model():
     return model
 
 
-# A minimal protobuf writer, enough for an ONNX ModelProto: the `onnx` package is not needed.
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int64 -> two's complement, as protobuf does
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _pb_int(field: int, value: int) -> bytes:
-    return _varint(field << 3) + _varint(value)
-
-
-def _pb_bytes(field: int, data: bytes | str) -> bytes:
-    data = data.encode() if isinstance(data, str) else data
-    return _varint(field << 3 | 2) + _varint(len(data)) + data
-
-
-def _pb_float(field: int, value: float) -> bytes:
-    return _varint(field << 3 | 5) + struct.pack("<f", value)
-
-
-def _onnx_tensor(name: str, array: np.ndarray) -> bytes:  # TensorProto, float32
-    array = np.ascontiguousarray(array, dtype="<f4")
-    dims = b"".join(_pb_int(1, d) for d in array.shape)
-    return dims + _pb_int(2, 1) + _pb_bytes(8, name) + _pb_bytes(9, array.tobytes())
-
-
-def _onnx_value_info(name: str, dims: list) -> bytes:  # ValueInfoProto of a float32 tensor
-    shape = b"".join(_pb_bytes(1, _pb_bytes(2, d) if isinstance(d, str) else _pb_int(1, d)) for d in dims)
-    tensor_type = _pb_int(1, 1) + _pb_bytes(2, shape)
-    return _pb_bytes(1, name) + _pb_bytes(2, _pb_bytes(1, tensor_type))
-
-
-def _onnx_node(op: str, inputs: list, outputs: list, **attributes) -> bytes:  # NodeProto
-    body = b"".join(_pb_bytes(1, i) for i in inputs) + b"".join(_pb_bytes(2, o) for o in outputs)
-    body += _pb_bytes(4, op)
-    for name, value in attributes.items():
-        if isinstance(value, float):
-            attribute = _pb_bytes(1, name) + _pb_float(2, value) + _pb_int(20, 1)
-        elif isinstance(value, int):
-            attribute = _pb_bytes(1, name) + _pb_int(3, value) + _pb_int(20, 2)
-        else:
-            attribute = _pb_bytes(1, name) + b"".join(_pb_int(8, v) for v in value) + _pb_int(20, 7)
-        body += _pb_bytes(5, attribute)
-    return body
-
-
 def write_tiny_onnx(model, path: Path) -> None:
     """The tiny Keras model as an ONNX graph (opset 13) taking NHWC float32 0-255 pixels, like the TFLite one."""
+    from onnx import TensorProto, helper, numpy_helper
+
     rescale = model.layers[1]
     conv_kernel, conv_bias = model.get_layer("conv").get_weights()
     gamma, beta, mean, variance = model.get_layer("bn").get_weights()
     head_kernel, head_bias = model.get_layer("head").get_weights()
-    initializers = [
-        _onnx_tensor("scale", np.array(rescale.scale, np.float32)),
-        _onnx_tensor("offset", np.array(rescale.offset, np.float32)),
-        _onnx_tensor("conv_w", conv_kernel.transpose(3, 2, 0, 1)),  # (kh, kw, in, out) -> (out, in, kh, kw)
-        _onnx_tensor("conv_b", conv_bias),
-        _onnx_tensor("bn_gamma", gamma),
-        _onnx_tensor("bn_beta", beta),
-        _onnx_tensor("bn_mean", mean),
-        _onnx_tensor("bn_var", variance),
-        _onnx_tensor("head_w", head_kernel),
-        _onnx_tensor("head_b", head_bias),
-    ]
+    weights = {
+        "scale": np.array(rescale.scale, np.float32), "offset": np.array(rescale.offset, np.float32),
+        "conv_w": conv_kernel.transpose(3, 2, 0, 1),  # (kh, kw, in, out) -> (out, in, kh, kw)
+        "conv_b": conv_bias, "bn_gamma": gamma, "bn_beta": beta, "bn_mean": mean, "bn_var": variance,
+        "head_w": head_kernel, "head_b": head_bias,
+    }
     epsilon = float(model.get_layer("bn").epsilon)
+    node = helper.make_node
     nodes = [
-        _onnx_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
-        _onnx_node("Mul", ["nchw", "scale"], ["scaled"]),
-        _onnx_node("Add", ["scaled", "offset"], ["normalized"]),
-        _onnx_node("Conv", ["normalized", "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-        _onnx_node("BatchNormalization", ["conv", "bn_gamma", "bn_beta", "bn_mean", "bn_var"], ["bn"], epsilon=epsilon),
-        _onnx_node("Relu", ["bn"], ["relu"]),
-        _onnx_node("GlobalAveragePool", ["relu"], ["pooled"]),
-        _onnx_node("Flatten", ["pooled"], ["flat"]),
-        _onnx_node("Gemm", ["flat", "head_w", "head_b"], ["logits"]),
-        _onnx_node("Softmax", ["logits"], ["probs"], axis=1),
+        node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        node("Mul", ["nchw", "scale"], ["scaled"]),
+        node("Add", ["scaled", "offset"], ["normalized"]),
+        node("Conv", ["normalized", "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        node("BatchNormalization", ["conv", "bn_gamma", "bn_beta", "bn_mean", "bn_var"], ["bn"], epsilon=epsilon),
+        node("Relu", ["bn"], ["relu"]),
+        node("GlobalAveragePool", ["relu"], ["pooled"]),
+        node("Flatten", ["pooled"], ["flat"]),
+        node("Gemm", ["flat", "head_w", "head_b"], ["logits"]),
+        node("Softmax", ["logits"], ["probs"], axis=1),
     ]
-    graph = b"".join(_pb_bytes(1, n) for n in nodes) + _pb_bytes(2, "tiny")
-    graph += b"".join(_pb_bytes(5, t) for t in initializers)
-    graph += _pb_bytes(11, _onnx_value_info("image", ["N", TINY_SIZE, TINY_SIZE, 3]))
-    graph += _pb_bytes(12, _onnx_value_info("probs", ["N", len(TINY_LABELS)]))
-    model_proto = _pb_int(1, 8) + _pb_bytes(2, "edgevision-tests") + _pb_bytes(7, graph) + _pb_bytes(8, _pb_int(2, 13))
-    path.write_bytes(model_proto)
-
-
-def _tflite_spec(content: bytes, role: str):
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgevision.runtime.bundle import TensorSpec
-
-    interpreter = Interpreter(model_content=content)
-    details = (interpreter.get_input_details() if role == "input" else interpreter.get_output_details())[0]
-    scale, zero_point = details["quantization"]
-    dtype = np.dtype(details["dtype"]).name
-    return TensorSpec(dtype, float(scale), int(zero_point)) if scale else TensorSpec(dtype)
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", TINY_SIZE, TINY_SIZE, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", len(TINY_LABELS)])],
+        [numpy_helper.from_array(np.ascontiguousarray(w, np.float32), name) for name, w in weights.items()],
+    )
+    proto = helper.make_model(graph, producer_name="edgevision-tests", opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    path.write_bytes(proto.SerializeToString())
 
 
 @pytest.fixture(scope="session")
@@ -196,7 +133,7 @@ def tiny_bundle(tmp_path_factory) -> TinyBundle:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
-    from edgevision.runtime.bundle import Artifact, Bundle, TensorSpec, file_sha256
+    from edgevision.runtime.bundle import Artifact, Bundle
     from edgevision.runtime.preprocess import PreprocessPolicy
 
     folder = tmp_path_factory.mktemp("tiny_bundle")
@@ -207,13 +144,12 @@ def tiny_bundle(tmp_path_factory) -> TinyBundle:
         for _ in range(32):
             yield [realish_image(calibration_rng, TINY_SIZE, TINY_SIZE)[None].astype(np.float32)]
 
-    files: dict[str, tuple[str, str, str, TensorSpec, TensorSpec]] = {}
-    fp32 = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    (folder / "model_fp32.tflite").write_bytes(fp32)
-    files["tflite_fp32"] = ("model_fp32.tflite", "tflite", "fp32", TensorSpec("float32"), TensorSpec("float32"))
+    files: dict[str, tuple[str, str, str]] = {}  # kind name -> (file, format, precision)
+    (folder / "model_fp32.tflite").write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    files["tflite_fp32"] = ("model_fp32.tflite", "tflite", "fp32")
     int8_variants = (
         ("tflite_int8", "model_int8.tflite", tf.uint8),  # uint8 I/O: scale 1 / zero-point 0 input
-        ("tflite_int8_signed", "model_int8_signed.tflite", tf.int8),  # int8 I/O: zero-point -128 input
+        ("model_int8_signed.tflite", "model_int8_signed.tflite", tf.int8),  # int8 I/O: zero-point -128 input
     )
     for name, file, io_type in int8_variants:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -224,32 +160,20 @@ def tiny_bundle(tmp_path_factory) -> TinyBundle:
         converter.inference_output_type = io_type
         with warnings.catch_warnings():  # "Statistics for quantized inputs were expected": not for uint8 pixels
             warnings.simplefilter("ignore", UserWarning)
-            content = converter.convert()
-        (folder / file).write_bytes(content)
-        files[name] = (file, "tflite", "int8", _tflite_spec(content, "input"), _tflite_spec(content, "output"))
+            (folder / file).write_bytes(converter.convert())
+        files[name] = (file, "tflite", "int8")
     write_tiny_onnx(model, folder / "model.onnx")
-    files["onnx_fp32"] = ("model.onnx", "onnx", "fp32", TensorSpec("float32"), TensorSpec("float32"))
+    files["onnx_fp32"] = ("model.onnx", "onnx", "fp32")
 
-    artifacts = {
-        name: Artifact(
-            file=file,
-            format=fmt,
-            precision=precision,
-            sha256=file_sha256(folder / file),
-            bytes=(folder / file).stat().st_size,
-            input=input_spec,
-            output=output_spec,
-        )
-        for name, (file, fmt, precision, input_spec, output_spec) in files.items()
-    }
-    bundle = Bundle(
+    # Keyed by file name, as export keys them; commands also accept the kind names (tflite_int8, ...).
+    artifacts = {file: Artifact.from_file(folder / file, fmt, precision) for file, fmt, precision in files.values()}
+    Bundle(
         labels=list(TINY_LABELS),
         preprocess=PreprocessPolicy(TINY_SIZE, TINY_SIZE),
         artifacts=artifacts,
-        default_artifact="tflite_fp32",
+        default_artifact="model_fp32.tflite",
         provenance={"made_by": "tests/conftest.py tiny_bundle"},
-    )
-    (folder / "bundle.json").write_text(json.dumps(bundle.to_dict(), indent=2))
+    ).write(folder)
     return TinyBundle(
         folder=folder, keras_model=model, labels=list(TINY_LABELS), artifacts={n: f[0] for n, f in files.items()}
     )
@@ -258,7 +182,7 @@ def tiny_bundle(tmp_path_factory) -> TinyBundle:
 def add_golden(folder: Path, count: int = 32, seed: int = 7) -> Path:
     """Give the bundle in `folder` a golden set computed here, as export does: `count` real-ish pictures
     prepared to model size and every artifact's answers on them. Returns the golden file."""
-    from edgevision.runtime.bundle import BUNDLE_FILE, Bundle
+    from edgevision.runtime.bundle import Bundle
     from edgevision.runtime.classifier import Classifier
     from edgevision.runtime.golden import golden_entry, golden_probs, write_golden
     from edgevision.runtime.preprocess import prepare
@@ -270,7 +194,7 @@ def add_golden(folder: Path, count: int = 32, seed: int = 7) -> Path:
     probs = {name: golden_probs(Classifier(bundle, artifact=name, threads=1), images) for name in bundle.artifacts}
     path = write_golden(folder, images, labels, probs)
     bundle.golden = golden_entry(folder, list(probs), {"machine": "test"})
-    (folder / BUNDLE_FILE).write_text(json.dumps(bundle.to_dict(), indent=2))
+    bundle.write(folder)
     return path
 
 

@@ -40,13 +40,12 @@ def test_the_bundle_verifies_on_arm64_under_emulation(golden_bundle):
     out = done.stdout
     assert re.search(r"arm64: Python 3\.11\.\d+ aarch64 \(Debian Bookworm", out)
     # The Pi profile's artifacts of the tiny bundle, each compared on both machines.
-    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| tflite")
-            or line.startswith("| onnx")}
-    assert set(rows) == {"tflite_int8", "tflite_int8_signed", "tflite_fp32", "onnx_fp32"}
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines() if line.startswith("| model")}
+    assert set(rows) == {"model_int8.tflite", "model_int8_signed.tflite", "model_fp32.tflite", "model.onnx"}
     for name, row in rows.items():
         x86, arm = row.split(" | ")[2:4]
         assert x86.endswith("-> pass") and arm.strip(" |").endswith("-> pass"), row
-    for name in ("tflite_fp32", "onnx_fp32"):  # float: every label equal on Arm
+    for name in ("model_fp32.tflite", "model.onnx"):  # float: every label equal on Arm
         assert "32/32 equal" in rows[name].split(" | ")[3]
     assert "arm64: every artifact reproduces the export machine's answers" in out
     assert "emulated: not device times" in out

@@ -40,7 +40,7 @@ def test_bench_json_has_every_figure(tiny_bundle, clip, capsys):
     assert main(args) == 0
     figures = json.loads(capsys.readouterr().out)
     assert set(figures) == FIGURES
-    assert figures["artifact"] == "tflite_fp32" and figures["engine"] == "litert" and figures["threads"] == 1
+    assert figures["artifact"] == "model_fp32.tflite" and figures["engine"] == "litert" and figures["threads"] == 1
     assert figures["frame_size"] == "160x120"
     for key in ("invoke_ms", "decode_ms", "preprocess_ms", "loop_fps", "paced_age_ms_p95", "peak_rss_mb",
                 "first_prediction_s"):
@@ -54,14 +54,14 @@ def test_bench_json_has_every_figure(tiny_bundle, clip, capsys):
 
 
 def test_bench_table_and_bad_input(tiny_bundle, clip, capsys, tmp_path):
-    args = ["bench", str(tiny_bundle.folder), "--source", str(clip), "--artifact", "tflite_int8", "--threads",
+    args = ["bench", str(tiny_bundle.folder), "--source", str(clip), "--artifact", "model_int8.tflite", "--threads",
             "1", "--frames", "10", "--invokes", "10", "--paced-frames", "5", "--no-child"]
     assert main(args) == 0
     table = capsys.readouterr().out
     for row in ("invoke alone", "decode per frame", "preprocess per frame", "loop, as fast as possible",
                 "paced at 30 fps: dropped", "capture-to-result p50 / p95"):
         assert row in table
-    assert "tflite_int8 / litert / 1" in table and "peak RSS" not in table
+    assert "model_int8.tflite / litert / 1" in table and "peak RSS" not in table
     assert main(["bench", str(tiny_bundle.folder), "--source", str(tmp_path)]) == 2
     assert "is not a video file" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"frames 0"):

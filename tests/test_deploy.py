@@ -44,13 +44,13 @@ def bundle_copy(golden_bundle, tmp_path) -> Path:
 
 
 def test_a_pi_deploy_folder_holds_what_the_pi_runs(bundle_copy, tmp_path):
-    _mark(bundle_copy, "tflite_int8", passed=False)  # failed its gate at export: never deployed
+    _mark(bundle_copy, "model_int8.tflite", passed=False)  # failed its gate at export: never deployed
     result = deploy_folder(bundle_copy, tmp_path / "pi", DeployConfig("raspberry-pi-5"))
     out = result.path
     # The profile's order (tflite:int8 first), without the failed artifact.
-    assert result.artifacts == ["tflite_int8_signed", "tflite_fp32", "onnx_fp32"]
+    assert result.artifacts == ["model_int8_signed.tflite", "model_fp32.tflite", "model.onnx"]
     bundle = Bundle.load(out / "bundle")
-    assert list(bundle.artifacts) == result.artifacts and bundle.default_artifact == "tflite_int8_signed"
+    assert list(bundle.artifacts) == result.artifacts and bundle.default_artifact == "model_int8_signed.tflite"
     for name in bundle.artifacts:
         bundle.verified_path(name)  # copied intact
     assert set(load_golden(bundle).probs) >= set(result.artifacts)
@@ -117,7 +117,7 @@ def test_bad_deploys_name_what_is_wrong(bundle_copy, tiny_bundle, tmp_path, caps
         deploy_folder(tiny_bundle.folder, tmp_path / "a", DeployConfig("raspberry-pi-5"))
     for name in Bundle.load(bundle_copy).artifacts:
         _mark(bundle_copy, name, passed=False)
-    with pytest.raises(DeployError, match=r"has no artifact profile jetson-nano can use: it has tflite_fp32 "
+    with pytest.raises(DeployError, match=r"has no artifact profile jetson-nano can use: it has model_fp32.tflite "
                                           r"\(tflite:fp32, failed its gate\).*jetson-nano runs onnx:fp16"):
         deploy_folder(bundle_copy, tmp_path / "a", DeployConfig("jetson-nano"))
     assert not (tmp_path / "a").exists()
@@ -233,12 +233,12 @@ def test_install_verifies_before_it_switches_and_keeps_the_old_release_on_failur
     shutil.copytree(golden_bundle, wrong)
     from test_golden import _rewrite_answers
 
-    _rewrite_answers(wrong, "tflite_fp32", lambda p: p[:, ::-1])
+    _rewrite_answers(wrong, "model_fp32.tflite", lambda p: p[:, ::-1])
     bad = deploy_folder(wrong, tmp_path / "bad", DeployConfig("generic-x86-64", python_version=PYTHON)).path
     shutil.copytree(x86_deploy / "wheels", bad / "wheels")
     second = _install(bad, prefix, python_bin, "--service", "no")
     assert second.returncode == 5, second.stdout + second.stderr
-    assert "tflite_fp32 (fp32, litert): labels equal" in second.stdout and "-> FAIL" in second.stdout
+    assert "model_fp32.tflite (fp32, litert): labels equal" in second.stdout and "-> FAIL" in second.stdout
     assert "verify failed" in second.stderr and "the previous release stays current" in second.stderr
     assert (prefix / "current").resolve() == current and len(list((prefix / "releases").iterdir())) == 1
 
@@ -362,7 +362,7 @@ def test_deploy_over_ssh_to_several_hosts_in_parallel(sshd, golden_bundle, tmp_p
     assert "FAIL: the host has Python 3.9; edgevision needs Python 3.10 or newer" in lines[f"root@127.0.0.1:{old.port}"]
     assert "deploy: 2 of 4 hosts ok" in out
     # What the devices reported is printed, and the release they made is current and verifies.
-    assert out.count("install: current -> releases/") == 2 and "tflite_int8 (int8, litert): labels equal 32/32" in out
+    assert out.count("install: current -> releases/") == 2 and "model_int8.tflite (int8, litert): labels equal 32/32" in out
     assert len(list((prefix / "releases").iterdir())) == 2
     check = subprocess.run([str(prefix / "current/venv/bin/edgevision"), "verify", str(prefix / "current/bundle")],
                            capture_output=True, text=True)

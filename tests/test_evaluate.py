@@ -93,10 +93,10 @@ def test_cli_table_json_and_min_accuracy(tiny_bundle, test_folder, capsys):
     assert main(["evaluate", str(tiny_bundle.folder), str(test_folder), "--artifact", "all", "--profile", "none",
                  "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "15 images in" in out and "| tflite_int8 | int8 | litert |" in out and "per class" in out
+    assert "15 images in" in out and "| model_int8.tflite | int8 | litert |" in out and "per class" in out
     assert main(["evaluate", str(tiny_bundle.folder), str(test_folder), "--json", "--profile", "none"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["images"] == 15 and data["artifacts"][0]["artifact"] == "tflite_fp32"
+    assert data["images"] == 15 and data["artifacts"][0]["artifact"] == "model_fp32.tflite"
     accuracy = data["artifacts"][0]["accuracy"]
     assert accuracy < 1  # the tiny model guesses on these pictures
     assert main(["evaluate", str(tiny_bundle.folder), str(test_folder), "--profile", "none",

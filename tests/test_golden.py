@@ -48,22 +48,22 @@ def test_every_artifact_reproduces_its_golden_answers(golden_bundle, capsys):
         assert result.max_prob_diff < 1e-6  # same machine, same engine, one image at a time: identical
     assert main(["verify", str(golden_bundle), "--artifact", "all", "--profile", "none"]) == 0
     out = capsys.readouterr().out
-    assert "tflite_int8 (int8, litert): labels equal 32/32" in out and "(needs 80%) -> pass" in out
+    assert "model_int8.tflite (int8, litert): labels equal 32/32" in out and "(needs 80%) -> pass" in out
     assert "verify: 4 of 4 artifacts reproduce the export machine's answers" in out
 
 
 def test_default_is_the_artifact_the_device_would_run(golden_bundle):
-    assert [r.artifact for r in verify_bundle(golden_bundle, profile=None)] == ["tflite_fp32"]
+    assert [r.artifact for r in verify_bundle(golden_bundle, profile=None)] == ["model_fp32.tflite"]
     # A profile picks its first preference the bundle has: generic-x86-64 prefers tflite:fp32.
-    assert [r.artifact for r in verify_bundle(golden_bundle, profile="raspberry-pi-5")] == ["tflite_int8"]
+    assert [r.artifact for r in verify_bundle(golden_bundle, profile="raspberry-pi-5")] == ["model_int8.tflite"]
 
 
 def test_moved_answers_fail_and_exit_1(bundle_copy, capsys):
-    _rewrite_answers(bundle_copy, "tflite_fp32", lambda p: p[:, ::-1])  # every answer permuted
+    _rewrite_answers(bundle_copy, "model_fp32.tflite", lambda p: p[:, ::-1])  # every answer permuted
     assert main(["verify", str(bundle_copy), "--artifact", "all", "--profile", "none"]) == 1
     out = capsys.readouterr().out
-    assert "tflite_fp32 (fp32, litert): labels equal" in out and "-> FAIL" in out
-    assert "failed: tflite_fp32" in out
+    assert "model_fp32.tflite (fp32, litert): labels equal" in out and "-> FAIL" in out
+    assert "failed: model_fp32.tflite" in out
     result = verify_bundle(bundle_copy, "tflite_fp32", profile=None)[0]
     assert not result.passed and result.max_prob_diff > 0.01 and result.within < 32
 
@@ -104,7 +104,7 @@ def test_a_damaged_golden_file_is_refused_before_it_is_read(bundle_copy, capsys)
 @pytest.mark.parametrize("change, message", [
     (lambda a: a.update(labels=np.int64(3)), "integer labels"),
     (lambda a: a.update(images=a["images"][:0], labels=a["labels"][:0]), "with N >= 1"),
-    (lambda a: a.update(tflite_fp32=a["tflite_fp32"].astype(np.complex64)), "expected float32"),
+    (lambda a: a.update({"model_fp32.tflite": a["model_fp32.tflite"].astype(np.complex64)}), "expected float32"),
 ])
 def test_malformed_golden_arrays_are_refused_by_name(bundle_copy, change, message):
     path = bundle_copy / "golden.npz"
@@ -126,7 +126,7 @@ def test_a_bundle_without_golden_answers_says_how_to_get_them(tiny_bundle, capsy
 
 
 def test_bad_arguments_name_the_allowed_values(golden_bundle):
-    with pytest.raises(BundleError, match="Unknown artifact 'nope'; this bundle has: tflite_fp32"):
+    with pytest.raises(BundleError, match="Unknown artifact 'nope'; this bundle has: model_fp32.tflite"):
         verify_bundle(golden_bundle, "nope", profile=None)
     with pytest.raises(ValueError, match=r"tolerance 2 is invalid; use a probability difference in \(0, 1\]"):
         verify_bundle(golden_bundle, tolerance=2, profile=None)
@@ -141,7 +141,7 @@ def test_bad_arguments_name_the_allowed_values(golden_bundle):
 
 
 def test_an_explicit_tolerance_applies_to_every_image(bundle_copy):
-    _rewrite_answers(bundle_copy, "tflite_int8", lambda p: np.clip(p + np.float32(0.004), 0, 1))
+    _rewrite_answers(bundle_copy, "model_int8.tflite", lambda p: np.clip(p + np.float32(0.004), 0, 1))
     assert verify_bundle(bundle_copy, "tflite_int8", profile=None)[0].passed  # within int8's 0.05
     assert not verify_bundle(bundle_copy, "tflite_int8", tolerance=0.001, profile=None)[0].passed
 

@@ -44,17 +44,17 @@ def _load_edited(folder: Path, edit) -> Bundle:
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.update(artifacts=list(d["artifacts"].values())),
      r"artifacts is \[.* \(list\); expected an object of at least one artifact by name"),
-    (lambda d: d["artifacts"]["tflite_fp32"].update(metrics="passed"),
-     r"artifacts\['tflite_fp32'\].metrics is 'passed' \(str\); expected an object"),
+    (lambda d: d["artifacts"]["model_fp32.tflite"].update(metrics="passed"),
+     r"artifacts\['model_fp32\.tflite'\].metrics is 'passed' \(str\); expected an object"),
     (lambda d: d.update(labels="abc"), r"labels is 'abc' \(str\); expected a list of at least 2 class names"),
-    (lambda d: d["artifacts"].update(tflite_fp32="model_fp32.tflite"),
-     r"artifacts\['tflite_fp32'\] is 'model_fp32.tflite' \(str\); expected an object"),
-    (lambda d: d["artifacts"]["tflite_fp32"].update(bytes=str(d["artifacts"]["tflite_fp32"]["bytes"])),
-     r"artifacts\['tflite_fp32'\].bytes is '\d+' \(str\); expected the file size as an integer"),
+    (lambda d: d["artifacts"].update({"model_fp32.tflite": "model_fp32.tflite"}),
+     r"artifacts\['model_fp32\.tflite'\] is 'model_fp32.tflite' \(str\); expected an object"),
+    (lambda d: d["artifacts"]["model_fp32.tflite"].update(bytes=str(d["artifacts"]["model_fp32.tflite"]["bytes"])),
+     r"artifacts\['model_fp32\.tflite'\].bytes is '\d+' \(str\); expected the file size as an integer"),
     (lambda d: d["input"].update(width=64), r"input.width is 64 \(int\); expected preprocess.width \(32\)"),
     (lambda d: d.update(labels=["a", "b", "a"]), r"labels is \['a', 'b', 'a'\] \(list\); expected no repeated name"),
-    (lambda d: d["artifacts"]["tflite_fp32"].update(file="../../etc/passwd"),
-     r"artifacts\['tflite_fp32'\].file is '../../etc/passwd' \(str\); expected a plain file name"),
+    (lambda d: d["artifacts"]["model_fp32.tflite"].update(file="../../etc/passwd"),
+     r"artifacts\['model_fp32\.tflite'\].file is '../../etc/passwd' \(str\); expected a plain file name"),
     (lambda d: d.update(default_artifact="nope"), r"default_artifact is 'nope' \(str\); expected one of the artifacts"),
 ])
 def test_each_malformed_field_is_one_clear_line(bundle_copy, edit, message):
@@ -65,15 +65,15 @@ def test_each_malformed_field_is_one_clear_line(bundle_copy, edit, message):
 def test_several_problems_are_listed_together(bundle_copy):
     def edit(data):
         data["labels"] = "ab"
-        data["artifacts"]["onnx_fp32"]["sha256"] = "XYZ"
-        data["artifacts"]["onnx_fp32"]["format"] = "pt"
+        data["artifacts"]["model.onnx"]["sha256"] = "XYZ"
+        data["artifacts"]["model.onnx"]["format"] = "pt"
 
     with pytest.raises(BundleError) as caught:
         _load_edited(bundle_copy, edit)
     lines = str(caught.value).splitlines()
     assert lines[0] == "bundle.json has 3 problem(s):"
-    assert any("onnx_fp32'].format is 'pt'" in line and "one of tflite, onnx" in line for line in lines)
-    assert any("onnx_fp32'].sha256 is 'XYZ'" in line and "64 lowercase hex digits" in line for line in lines)
+    assert any("model.onnx'].format is 'pt'" in line and "one of tflite, onnx" in line for line in lines)
+    assert any("model.onnx'].sha256 is 'XYZ'" in line and "64 lowercase hex digits" in line for line in lines)
 
 
 def test_deep_nesting_and_huge_files_are_refused_without_reading_them_whole(bundle_copy):

@@ -11,7 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+
+from conftest import realish_image
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "keras", "jax", "jaxlib", "torch", "tf_keras")
@@ -96,7 +100,11 @@ NEVER = {
     "devices": ("edgevision.runtime", "edgevision.train", "edgevision.export"),
     "runtime": ("edgevision.train", "edgevision.export", "edgevision.deploy"),
     "deploy": ("edgevision.train", "edgevision.export"),
+    "train": ("edgevision.export", "edgevision.deploy"),
+    "export": ("edgevision.deploy",),
 }
+# What export may take from train: the run-folder format, nothing of training itself.
+EXPORT_FROM_TRAIN = ("edgevision.train.run_dir",)
 
 
 def _imports(tree: ast.AST, package: str):
@@ -120,17 +128,19 @@ def _imports(tree: ast.AST, package: str):
     yield from visit(tree, True)
 
 
-@pytest.mark.parametrize("package", ["devices", "runtime", "deploy"])
-def test_device_side_imports_follow_the_layers(package):
+@pytest.mark.parametrize("package", ["devices", "runtime", "deploy", "train", "export"])
+def test_imports_follow_the_layers(package):
     offences = []
     for path in sorted((ROOT / LAYERS[package]).rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         for lineno, name, top_level in _imports(tree, package):
             where = f"{path.relative_to(ROOT)}:{lineno} imports {name}"
-            if top_level and name.split(".")[0] in HEAVY:
+            if top_level and name.split(".")[0] in HEAVY and package in ("devices", "runtime", "deploy"):
                 offences.append(f"{where} at module level (import it lazily, inside the function)")
             if name.startswith(NEVER[package]):
                 offences.append(f"{where}, a layer above {package}/")
+            if package == "export" and name.startswith("edgevision.train") and name not in EXPORT_FROM_TRAIN:
+                offences.append(f"{where}: export takes only the run-folder format from train ({EXPORT_FROM_TRAIN[0]})")
             if package == "devices" and name.split(".")[0] in ("ai_edge_litert", "tflite_runtime", "onnxruntime"):
                 offences.append(f"{where}: engines belong to runtime/")
     assert not offences, "\n".join(offences)
@@ -162,3 +172,28 @@ def test_one_decoder_reads_every_image_file():
             if where != DECODER:
                 offences.extend(_decoder_offences(ast.parse(path.read_text(), filename=where), where))
     assert not offences, "\n".join(offences)
+
+
+def test_the_run_command_imports_neither_training_nor_export(tiny_bundle, tmp_path):
+    """`edgevision run` builds only its own parser: the training and export code (and what fills their
+    choices) stays unimported, on success and on a user error alike."""
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        cv2.imwrite(str(pictures / f"{i}.png"), realish_image(rng, 40, 40))
+    code = textwrap.dedent(f"""
+        import contextlib, io, json, sys
+        from edgevision.cli import main
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            ok = main(["run", {str(tiny_bundle.folder)!r}, "--source", {str(pictures)!r}, "--max-frames", "2"])
+            bad = main(["run", {str(tmp_path / "missing")!r}, "--source", {str(pictures)!r}])
+        loaded = sorted(m for m in sys.modules if m.startswith(("edgevision.train", "edgevision.export", "keras",
+                                                                "tensorflow")))
+        print(json.dumps({{"ok": ok, "bad": bad, "loaded": loaded}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["ok"], report["bad"]) == (0, 2)
+    assert report["loaded"] == []

@@ -79,7 +79,7 @@ def test_fp32_artifacts_match_keras(tiny_bundle, realish_images, artifact):
         assert clf.classify(rgb, channel_order="rgb").score == pytest.approx(prediction.score, abs=1e-6)
 
 
-@pytest.mark.parametrize(("artifact", "conversion"), [("tflite_int8", "raw"), ("tflite_int8_signed", "quantize")])
+@pytest.mark.parametrize(("artifact", "conversion"), [("tflite_int8", "raw"), ("model_int8_signed.tflite", "quantize")])
 def test_int8_artifacts_stay_close_to_keras(tiny_bundle, artifact, conversion):
     clf = Classifier(tiny_bundle.folder, artifact=artifact, threads=1)
     # uint8 input with scale 1 / zero-point 0 takes camera pixels as they are; int8 input is quantized.
@@ -131,7 +131,7 @@ def test_classify_file_matches_classify(tiny_bundle, realish_images, tmp_path):
 def test_classifier_properties(tiny_bundle):
     clf = Classifier(tiny_bundle.folder)
     assert clf.labels == ["a", "b", "c"]
-    assert clf.artifact.file == "model_fp32.tflite" and clf.artifact_name == "tflite_fp32"
+    assert clf.artifact.file == "model_fp32.tflite" and clf.artifact_name == "model_fp32.tflite"
     assert (clf.policy.height, clf.policy.width) == (32, 32)
     assert clf.engine.name == "litert"
 
@@ -214,8 +214,8 @@ def test_tensor_types_that_do_not_match_the_model_are_refused(tiny_bundle, tmp_p
     folder = _copy_bundle(tiny_bundle, tmp_path)
 
     def edit(data):
-        data["artifacts"]["tflite_fp32"]["input"] = {"dtype": "uint8", "scale": 1.0, "zero_point": 0}
-        data["artifacts"]["tflite_int8"]["output"]["scale"] = 0.5
+        data["artifacts"]["model_fp32.tflite"]["input"] = {"dtype": "uint8", "scale": 1.0, "zero_point": 0}
+        data["artifacts"]["model_int8.tflite"]["output"]["scale"] = 0.5
 
     _edit_bundle_json(folder, edit)
     with pytest.raises(BundleError, match=r"input is uint8, the model's input is float32"):
@@ -424,20 +424,20 @@ def test_run_loop_quiet_and_empty(tiny_bundle, tmp_path):
 
 def test_profile_picks_the_artifact_threads_and_falls_back(tiny_bundle, tmp_path):
     pi = Classifier(tiny_bundle.folder, profile="raspberry-pi-4")
-    assert pi.artifact_name == "tflite_int8" and pi.engine.threads == 4
+    assert pi.artifact_name == "model_int8.tflite" and pi.engine.threads == 4
     assert pi.selection == "profile raspberry-pi-4 prefers tflite:int8" and pi.profile.name == "raspberry-pi-4"
-    assert Classifier(tiny_bundle.folder, profile="generic-x86-64").artifact_name == "tflite_fp32"
+    assert Classifier(tiny_bundle.folder, profile="generic-x86-64").artifact_name == "model_fp32.tflite"
     assert Classifier(tiny_bundle.folder, profile="raspberry-pi-4", threads=1).engine.threads == 1  # args win
     assert Classifier(tiny_bundle.folder, profile="raspberry-pi-4", artifact="onnx_fp32").selection == "asked for"
     # An engine asked for narrows the choice to what it reads.
-    assert Classifier(tiny_bundle.folder, profile="jetson-orin-nano", engine="litert").artifact_name == "tflite_int8"
+    assert Classifier(tiny_bundle.folder, profile="jetson-orin-nano", engine="litert").artifact_name == "model_int8.tflite"
     if engines.engine_available("onnxruntime"):
         jetson = Classifier(tiny_bundle.folder, profile="jetson-orin-nano")
-        assert jetson.artifact_name == "onnx_fp32" and jetson.engine.providers[-1] == "CPUExecutionProvider"
+        assert jetson.artifact_name == "model.onnx" and jetson.engine.providers[-1] == "CPUExecutionProvider"
     # An artifact that failed its parity gate at export is never chosen by a profile.
     folder = _copy_bundle(tiny_bundle, tmp_path)
-    _edit_bundle_json(folder, lambda data: data["artifacts"]["tflite_int8"]["metrics"].update(passed=False))
-    assert Classifier(folder, profile="raspberry-pi-4").artifact_name == "tflite_int8_signed"
+    _edit_bundle_json(folder, lambda data: data["artifacts"]["model_int8.tflite"]["metrics"].update(passed=False))
+    assert Classifier(folder, profile="raspberry-pi-4").artifact_name == "model_int8_signed.tflite"
     # No profile: the bundle's default, as before.
     assert Classifier(tiny_bundle.folder).selection == "bundle default"
 
@@ -545,3 +545,18 @@ def test_a_folder_source_searches_subfolders_in_order_and_names_each_file(tiny_b
     names = [str(Path(line["source"]).relative_to(tmp_path / "test")) for line in lines]
     assert names == ["top.png", "a/1.png", "a/deeper/3.jpg", "b/2.png"]  # a folder's files, then its subfolders
     assert all("position" not in line for line in lines)
+
+
+def test_every_profile_preference_is_an_artifact_kind_a_bundle_can_have():
+    """Profiles name artifacts as format:precision; each must be a kind export writes or import brings,
+    and every profile must prefer at least one kind that export writes."""
+    from edgevision.devices.profiles import load_profile, profile_names
+    from edgevision.export.exporter import ARTIFACT_KINDS
+    from edgevision.runtime.bundle import ARTIFACT_NAMES
+
+    known = {f"{k.format}:{k.precision}" for k in ARTIFACT_NAMES.values()}
+    exported = {f"{k.format}:{k.precision}" for k in ARTIFACT_KINDS.values()}
+    for name in profile_names():
+        preferences = load_profile(name).artifacts
+        assert set(preferences) <= known, (name, sorted(set(preferences) - known))
+        assert set(preferences) & exported, name

@@ -53,6 +53,27 @@ class RunInfo:
             raise RunError("This run was not loaded from a folder")
         return self.folder / MODEL_FILE
 
+    def training_images(self) -> list[str]:
+        """The run's training image paths: from run.json when it lists them, else the dataset's train/
+        folder, else the seeded split that training made (reloaded with the run's seed and fractions).
+        FileNotFoundError when none of these can be found."""
+        if self.train_paths:
+            return list(self.train_paths)
+        root = self.dataset.get("root")
+        if not root or not Path(root).is_dir():
+            raise FileNotFoundError(f"The run's dataset folder {root!r} is gone, and run.json lists no training images")
+        if self.dataset.get("explicit_splits"):
+            from edgevision.runtime.preprocess import IMAGE_EXTENSIONS
+
+            train = Path(root) / "train"
+            return sorted(str(p) for p in train.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        from .dataset import load_image_folder  # Keras-free; only runs older than train_paths need it
+
+        dataset = load_image_folder(root, self.preprocess, val_fraction=self.training.get("val_fraction", 0.15),
+                                    test_fraction=self.training.get("test_fraction", 0.15),
+                                    seed=self.training.get("seed", 0))
+        return list(dataset.train.paths)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data.pop("folder")

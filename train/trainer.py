@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgevision.runtime.atomic import atomic_directory, refuse_inputs
+from edgevision.runtime.atomic import atomic_directory, check_output_folder, refuse_inputs
 from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES, PreprocessPolicy
 
 from .augment import AugmentConfig
@@ -215,8 +215,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     run that was writing `out_dir` from its last finished epoch."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:  # fail before spending minutes on training
-        raise FileExistsError(f"Output folder '{out_dir}' already exists; choose another or pass --overwrite")
+    check_output_folder(out_dir, overwrite)  # fail before spending minutes on training
     refuse_inputs(out_dir, [data_dir])  # --overwrite must never delete the photos it trains on
     work = work_dir(out_dir)
     if resume and not (work / STATE_FILE).is_file():
