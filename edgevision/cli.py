@@ -293,7 +293,8 @@ def _add_run(sub) -> None:
                    help="report label null when the (smoothed) best score is below this (default 0)")
     p.add_argument("--display", action="store_true", help="show an overlay window (needs a display and OpenCV with GUI)")
     p.add_argument("--preview-port", type=int, default=None,
-                   help="serve a live MJPEG preview at http://HOST:PORT/ (headless devices)")
+                   help="serve a live page at http://HOST:PORT/ (headless devices): the annotated stream, top-k scores, fps, "
+                   "latency and frame age; /metrics for Prometheus")
     p.add_argument("--preview-host", default="127.0.0.1",
                    help="address the preview listens on (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
     p.add_argument("--read-timeout", type=float, default=10.0,

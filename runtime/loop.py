@@ -29,7 +29,7 @@ from edgevision.devices.sources import Source, SourceError
 from .capture import CaptureConfig, open_feed
 from .classifier import Classifier
 from .overlay import DisplayWindow, overlay_lines
-from .preview import PreviewConfig, PreviewServer
+from .preview import FrameInfo, PreviewConfig, PreviewServer
 from .smoothing import ScoreSmoother, SmoothingConfig
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ STDOUT = _Stdout()
 class LoopConfig:
     """max_frames: stop after this many predictions. capture: pacing and reconnection (CaptureConfig).
     smoothing: EMA alpha and confidence threshold. display: show an overlay window (needs a display).
-    preview: serve an MJPEG preview over HTTP. handle_sigterm: stop cleanly on SIGTERM (main thread only)."""
+    preview: serve a live preview page over HTTP. handle_sigterm: stop cleanly on SIGTERM (main thread only)."""
 
     max_frames: int | None = None
     capture: CaptureConfig = CaptureConfig()
@@ -227,10 +227,11 @@ def run_loop(
                         rate = 1.0 / max(t1 - last, 1e-6)
                         fps_now = 0.9 * fps_now + 0.1 * rate if fps_now else rate
                     last = t1
-                    lines = overlay_lines(label, prediction.score, fps_now, prediction.top_k)
-                    if preview is not None:
-                        preview.publish(frame.image, lines)
-                    if window is not None and not window.show(frame.image, lines):
+                    if preview is not None:  # references only: the server's threads format and encode
+                        preview.publish(frame.image, FrameInfo(frame.index, frame.timestamp, label, prediction.score,
+                                                               prediction.top_k, latency_ms, fps_now))
+                    if window is not None and not window.show(
+                            frame.image, overlay_lines(label, prediction.score, fps_now, prediction.top_k)):
                         stopped_by = "window closed"
                         break
             else:

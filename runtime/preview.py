@@ -1,38 +1,82 @@
-"""A live MJPEG-over-HTTP preview for headless devices: open http://device:PORT/ in a browser.
+"""A live preview for headless devices: open http://device:PORT/ in a browser.
 
-The loop only hands over a reference to the newest frame and its prediction (no copy, no encoding);
-drawing and JPEG encoding happen in the server's threads, at most `fps` times a second, and only while
-someone is watching. Binds 127.0.0.1 unless told otherwise: exposing a camera on the network is a choice.
+The page (/, one self-contained file: no external assets, works offline) shows the annotated camera stream
+(/stream.mjpg, MJPEG) and, pushed by Server-Sent Events (/events), the newest answer: top-k labels with
+score bars, fps, latency, frame age and frame number. It recovers by itself when the stream reconnects.
+
+The loop only hands over references to the newest frame and its prediction (no copy, no encoding, no
+formatting); drawing, JPEG encoding and JSON happen in the server's threads, at most `fps` pictures and
+`events_fps` events a second per viewer, and only while someone is watching. Binds 127.0.0.1 unless told
+otherwise: exposing a camera on the network is a choice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
-from .overlay import draw_overlay
+from .overlay import draw_overlay, overlay_lines
 
 logger = logging.getLogger(__name__)
 
 BOUNDARY = "edgevisionframe"
-PAGE = (
-    "<!doctype html><title>edgevision preview</title>"
-    "<body style='margin:0;background:#111'><img src='/stream.mjpg' style='width:100%'></body>"
-)
+# How long a browser waits before it reconnects /events (the EventSource default is about 3 s).
+RETRY_MS = 1000
+# A comment line this often while no frame comes: proxies keep the connection, a gone viewer is noticed.
+KEEPALIVE_S = 15.0
+# A viewer that went away shows up as one of these on the next write.
+GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+# The page: one self-contained file (inline CSS and JS, nothing fetched from elsewhere).
+PAGE = (Path(__file__).with_name("preview_page.html")).read_text(encoding="utf-8")
+
+
+class FrameInfo(NamedTuple):
+    """One frame's prediction as the loop wrote it in its JSON line (label None: below the threshold).
+    A tuple of references, cheap to build in the loop; the server formats it."""
+
+    frame: int
+    timestamp: float  # capture time, time.time()
+    label: str | None
+    score: float
+    top_k: list[tuple[str, float]]
+    latency_ms: float
+    fps: float
+
+
+def event_json(info: FrameInfo, now: float) -> str:
+    """The /events payload: the JSON line's fields (same rounding), plus fps and the age at `now`."""
+    return json.dumps({
+        "frame": info.frame,
+        "timestamp": round(info.timestamp, 6),
+        "label": info.label,
+        "score": round(info.score, 4),
+        "top_k": [[name, round(score, 4)] for name, score in info.top_k],
+        "latency_ms": round(info.latency_ms, 3),
+        "fps": round(info.fps, 2),
+        "age_ms": round((now - info.timestamp) * 1000.0, 1),
+    }, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
 class PreviewConfig:
+    """fps: pictures a second per /stream.mjpg viewer; events_fps: answers a second per /events viewer
+    (a person reads no faster; more would only cost the device); quality: JPEG quality."""
+
     port: int = 8080
     host: str = "127.0.0.1"
     fps: float = 10.0
     quality: int = 80
+    events_fps: float = 10.0
 
     def __post_init__(self) -> None:
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -41,11 +85,14 @@ class PreviewConfig:
             raise ValueError(f"Preview fps {self.fps!r} is invalid; use a number in (0, 60]")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"JPEG quality {self.quality!r} is invalid; use 1 to 100")
+        if not 0 < self.events_fps <= 15:
+            raise ValueError(f"Preview events_fps {self.events_fps!r} is invalid; use a number in (0, 15]")
 
 
 class PreviewServer:
-    """Serves / (a page), /stream.mjpg (multipart/x-mixed-replace JPEGs), /snapshot.jpg and /metrics
-    (the loop's counters in Prometheus' text format)."""
+    """Serves / (the live page), /stream.mjpg (multipart/x-mixed-replace JPEGs), /events (Server-Sent
+    Events, one JSON answer each), /snapshot.jpg and /metrics (the loop's counters in Prometheus' text
+    format)."""
 
     def __init__(self, config: PreviewConfig = PreviewConfig()):
         from .metrics import LoopMetrics
@@ -54,7 +101,7 @@ class PreviewServer:
         self.metrics = LoopMetrics()
         self._cond = threading.Condition()
         self._frame: np.ndarray | None = None
-        self._lines: list[str] = []
+        self._info: FrameInfo | None = None
         self._seq = 0
         self._jpeg: tuple[int, bytes] = (-1, b"")
         self._closing = False
@@ -72,15 +119,15 @@ class PreviewServer:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}/"
 
-    def publish(self, image: np.ndarray, lines: list[str]) -> None:
-        """Offer the newest frame (not copied: sources hand out a new array per frame) and its text."""
+    def publish(self, image: np.ndarray, info: FrameInfo) -> None:
+        """Offer the newest frame (not copied: sources hand out a new array per frame) and its prediction."""
         with self._cond:
-            self._frame, self._lines = image, lines
+            self._frame, self._info = image, info
             self._seq += 1
             self._cond.notify_all()
 
-    def _wait_jpeg(self, after: int, timeout: float) -> tuple[int, bytes] | None:
-        """The JPEG of the newest frame newer than `after` (encoded once, shared by all viewers)."""
+    def _wait_newer(self, after: int, timeout: float) -> tuple[int, np.ndarray, FrameInfo] | None:
+        """The newest (seq, frame, info) newer than `after`; None on timeout or when closing."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while (self._seq <= after or self._seq == 0) and not self._closing:
@@ -90,9 +137,18 @@ class PreviewServer:
                 self._cond.wait(remaining)
             if self._closing or self._frame is None:
                 return None
-            seq, frame, lines = self._seq, self._frame, self._lines
+            return self._seq, self._frame, self._info
+
+    def _wait_jpeg(self, after: int, timeout: float) -> tuple[int, bytes] | None:
+        """The JPEG of the newest frame newer than `after` (encoded once, shared by all viewers)."""
+        found = self._wait_newer(after, timeout)
+        if found is None:
+            return None
+        seq, frame, info = found
+        with self._cond:
             if self._jpeg[0] == seq:
                 return self._jpeg
+        lines = overlay_lines(info.label, info.score, info.fps, info.top_k)
         ok, data = cv2.imencode(".jpg", draw_overlay(frame, lines), [cv2.IMWRITE_JPEG_QUALITY, self.config.quality])
         if not ok:
             return None
@@ -116,23 +172,30 @@ class PreviewServer:
                         self._send(200, "image/jpeg", found[1])
                 elif path == "/stream.mjpg":
                     self._stream()
+                elif path == "/events":
+                    self._events()
                 elif path == "/metrics":
                     self._send(200, "text/plain; version=0.0.4; charset=utf-8", server.metrics.render().encode())
                 else:
-                    self._send(404, "text/plain", b"not found: try /, /stream.mjpg, /snapshot.jpg or /metrics\n")
+                    self._send(404, "text/plain",
+                               b"not found: try /, /stream.mjpg, /events, /snapshot.jpg or /metrics\n")
 
             def _send(self, code: int, kind: str, body: bytes) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-cache")
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _stream(self) -> None:
+            def _start_stream(self, kind: str) -> None:
                 self.send_response(200)
-                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+                self.send_header("Content-Type", kind)
                 self.send_header("Cache-Control", "no-cache")
                 self.end_headers()
+
+            def _stream(self) -> None:
+                self._start_stream(f"multipart/x-mixed-replace; boundary={BOUNDARY}")
                 seq, interval = -1, 1.0 / server.config.fps
                 try:
                     while not server._closing:
@@ -146,8 +209,25 @@ class PreviewServer:
                             + jpeg + b"\r\n"
                         )
                         time.sleep(max(0.0, interval - (time.monotonic() - started)))
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the viewer went away
+                except GONE:
+                    pass
+
+            def _events(self) -> None:
+                self._start_stream("text/event-stream")
+                seq, interval = -1, 1.0 / server.config.events_fps
+                try:
+                    self.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
+                    while not server._closing:
+                        started = time.monotonic()
+                        found = server._wait_newer(seq, KEEPALIVE_S)
+                        if found is None:
+                            self.wfile.write(b": keepalive\n\n")
+                            continue
+                        seq, _, info = found
+                        self.wfile.write(f"data: {event_json(info, time.time())}\n\n".encode())
+                        time.sleep(max(0.0, interval - (time.monotonic() - started)))
+                except GONE:
+                    pass
 
             def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
                 logger.debug("preview %s: " + format, self.client_address[0], *args)
