@@ -1,5 +1,6 @@
 """The runtime's pinned requirements for a device: versions whose wheels exist for x86-64 and aarch64
-and that `edgevision verify` has passed with (the arm64 check in the README installs exactly these).
+and that `edgevision verify` has passed with (the arm64 check, docs/measured.md "Measured: on 64-bit Arm",
+installs exactly these).
 
 Two numpy lines: numpy 2 everywhere it can be; numpy 1 where the venv shares the system's packages and
 the OS built them against numpy 1 (Raspberry Pi OS Bookworm's picamera2, JetPack 6's OpenCV), because a

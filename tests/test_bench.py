@@ -68,7 +68,7 @@ def test_bench_table_and_bad_input(tiny_bundle, clip, capsys, tmp_path):
         BenchConfig(frames=0)
 
 
-def test_format_figures_reads_like_the_readme():
+def test_format_figures_reads_like_the_documented_table():
     figures = {"artifact": "a", "engine": "litert", "threads": 2, "cpus": 2, "frame_size": "640x480",
                "invoke_ms": 10.0, "decode_ms": 2.0, "preprocess_ms": 0.5, "convert_ms": 0.1,
                "input_conversion": "normalize", "preprocess_over_invoke": 0.06,

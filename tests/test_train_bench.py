@@ -1,4 +1,4 @@
-"""The training benchmark compares what it claims to compare (its figures are in the README)."""
+"""The training benchmark compares what it claims to compare (its figures are in docs/measured.md)."""
 
 import json
 
