@@ -22,7 +22,7 @@ from edgevision.runtime.atomic import atomic_directory, check_output_folder, ref
 from edgevision.runtime.engines import usable_cpus
 from edgevision.runtime.golden import computed_on, golden_entry, golden_probs, write_golden
 from edgevision.runtime.timing import batch1_latency_ms
-from edgevision.runtime.bundle import ARTIFACT_NAMES, Artifact, Bundle
+from edgevision.runtime.bundle import ARTIFACT_NAMES, EMBEDDED_METADATA_KEY, Artifact, Bundle
 from edgevision.runtime.preprocess import ImageDecodeError, load_and_prepare
 from edgevision.train.run_dir import RunInfo
 
@@ -420,7 +420,7 @@ def embedded_metadata(info: RunInfo, artifact: Artifact, provenance: dict) -> di
     return data
 
 
-METADATA_KEY = "edgevision.bundle"
+METADATA_KEY = EMBEDDED_METADATA_KEY
 
 
 def _embed(fmt: str, content: bytes, metadata: dict) -> bytes:

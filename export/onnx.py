@@ -43,7 +43,7 @@ def _rename(model, old: str, new: str) -> None:
         node.output[:] = [new if name == old else name for name in node.output]
 
 
-def to_onnx_fp32(model, metadata: dict[str, str] | None = None) -> bytes:
+def to_onnx_fp32(model) -> bytes:
     """A float32 ONNX model (opset OPSET) with input INPUT_NAME and output OUTPUT_NAME."""
     import onnx
     import tensorflow as tf
@@ -66,7 +66,6 @@ def to_onnx_fp32(model, metadata: dict[str, str] | None = None) -> bytes:
     _rename(proto, proto.graph.input[0].name, INPUT_NAME)
     _rename(proto, proto.graph.output[0].name, OUTPUT_NAME)
     proto.producer_name = "edgevision"
-    set_metadata(proto, metadata or {})
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 
@@ -79,12 +78,6 @@ def set_metadata(proto, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-def read_metadata(content: bytes) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load_from_string(content).metadata_props}
 
 
 def node_types(content: bytes) -> list[str]:
@@ -104,18 +97,10 @@ class _Reader:
         return None if image is None else {INPUT_NAME: image[None].astype(np.float32)}
 
 
-def to_onnx_int8(fp32: bytes, images: np.ndarray, types: str = "u8u8",
-                 metadata: dict[str, str] | None = None) -> bytes:
+def to_onnx_int8(fp32: bytes, images: np.ndarray, types: str = "u8u8") -> bytes:
     """Static int8 in QDQ form, every node quantized (see OnnxInt8Quantizer)."""
     with OnnxInt8Quantizer(fp32, images, types) as quantizer:
-        content = quantizer.quantize(())
-    if not metadata:
-        return content
-    import onnx
-
-    proto = onnx.load_from_string(content)
-    set_metadata(proto, metadata)
-    return proto.SerializeToString()
+        return quantizer.quantize(())
 
 
 class OnnxInt8Quantizer:

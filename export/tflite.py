@@ -217,15 +217,3 @@ def add_metadata(content: bytes, name: str, payload: bytes) -> bytes:
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != name.encode()] + [entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def read_metadata(content: bytes, name: str) -> bytes | None:
-    """The payload `add_metadata` stored under `name`, or None."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
-    for entry in model.metadata or []:
-        if entry.name in (name, name.encode()):
-            data = model.buffers[entry.buffer].data
-            return bytes(np.asarray(data, dtype=np.uint8).tobytes()) if data is not None else b""
-    return None

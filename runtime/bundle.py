@@ -24,6 +24,9 @@ from .preprocess import PreprocessPolicy
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 BUNDLE_FILE = "bundle.json"
+# The key under which every exported model file carries its bundle.json fields (ONNX metadata_props,
+# TFLite Model.metadata), so a file alone says how to use it; `edgevision import` reads it back.
+EMBEDDED_METADATA_KEY = "edgevision.bundle"
 MAX_BUNDLE_JSON_BYTES = 16 << 20
 FORMATS = ("tflite", "onnx")
 TENSOR_DTYPES = ("float32", "float16", "uint8", "int8")

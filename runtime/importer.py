@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_directory, check_output_folder, refuse_inputs
-from .bundle import TENSOR_DTYPES, Artifact, Bundle, TensorSpec, artifact_file, file_sha256
+from .bundle import EMBEDDED_METADATA_KEY, TENSOR_DTYPES, Artifact, Bundle, TensorSpec, artifact_file, file_sha256
 from .model_io import LAYOUTS, MODEL_CHANNEL_ORDERS, OUTPUT_KINDS, ModelInterface, Normalization
 from .preprocess import IMAGE_EXTENSIONS, RESIZE_MODES, ImageDecodeError, PreprocessPolicy, load_and_prepare
 from .tflite_file import TFLiteFileError, parse_labels, read_tflite
@@ -34,7 +34,6 @@ log = logging.getLogger("edgevision")
 
 MODEL_SUFFIXES = {".tflite": "tflite", ".onnx": "onnx"}
 MAX_MODEL_BYTES = 2 << 30  # protobuf's and flatbuffers' own limit
-EDGEVISION_METADATA_KEY = "edgevision.bundle"  # what `edgevision export` embeds in every model file
 GOLDEN_IMAGES = 16
 PRECISIONS = ("fp32", "fp16", "dynamic_int8", "int8")
 
@@ -124,8 +123,8 @@ def _read_tflite_facts(path: Path, content: bytes) -> ModelFacts:
         if meta.mean and meta.std:
             facts.normalization = _normalization(path, meta.mean, meta.std, "its TFLite metadata")
         facts.color_space = meta.color_space
-    if EDGEVISION_METADATA_KEY in model.metadata:
-        _read_edgevision(path, facts, model.metadata[EDGEVISION_METADATA_KEY].decode("utf-8", "replace"))
+    if EMBEDDED_METADATA_KEY in model.metadata:
+        _read_edgevision(path, facts, model.metadata[EMBEDDED_METADATA_KEY].decode("utf-8", "replace"))
     return facts
 
 
@@ -154,8 +153,8 @@ def _read_onnx_facts(path: Path) -> ModelFacts:
     metadata = dict(session.get_modelmeta().custom_metadata_map)
     if metadata:
         facts.said["onnx_metadata_keys"] = sorted(metadata)
-    if EDGEVISION_METADATA_KEY in metadata:
-        _read_edgevision(path, facts, metadata[EDGEVISION_METADATA_KEY])
+    if EMBEDDED_METADATA_KEY in metadata:
+        _read_edgevision(path, facts, metadata[EMBEDDED_METADATA_KEY])
     elif "names" in metadata:  # Ultralytics: names "{0: 'cat', ...}", imgsz "[224, 224]", input scaled to 0-1
         facts.labels = _ultralytics_names(path, metadata["names"])
         if "imgsz" in metadata:
@@ -355,7 +354,8 @@ def _decide_normalization(path: Path, facts: ModelFacts, options: ImportOptions)
             raise ModelImportError(f"'{path}' takes uint8 pixels, which are fed as they are; --mean/--std and "
                                "--scale/--offset apply to models with float input")
         if facts.input_scale:
-            return Normalization(float(facts.input_zero_point or 0), 1.0 / facts.input_scale)
+            implied = Normalization(float(facts.input_zero_point or 0), 1.0 / facts.input_scale)
+            return None if _is_identity(implied) else implied
         return None
     from_file = facts.normalization
     if facts.in_graph:

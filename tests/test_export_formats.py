@@ -218,12 +218,28 @@ def test_onnx_names_opset_qdq_and_metadata(full_bundle):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("file", ["model_int8.tflite", "model.onnx"])
+def test_an_exported_model_file_imports_to_the_same_answers(full_bundle, heldout, tmp_path, file):
+    """What each file carries about itself is enough: `edgevision import` of one exported file (no flags)
+    makes a bundle with the same labels, input and answers."""
+    from edgevision.runtime.importer import import_model
+
+    import_model(full_bundle / file, tmp_path / "imported")
+    imported, original = Bundle.load(tmp_path / "imported"), Bundle.load(full_bundle)
+    assert imported.labels == original.labels and imported.preprocess == original.preprocess
+    assert imported.interface == original.interface and imported.artifact().precision == original.artifact(file).precision
+    images = heldout[0][:20]
+    np.testing.assert_array_equal(Classifier(imported, threads=1).predict(images),
+                                  Classifier(original, artifact=file, threads=1).predict(images))
+
+
+@pytest.mark.slow
 def test_tflite_files_carry_the_bundle_metadata(full_bundle):
-    from edgevision.export.tflite import read_metadata
+    from edgevision.runtime.tflite_file import read_tflite
 
     bundle = json.loads((full_bundle / BUNDLE_FILE).read_text())
     for file in ("model_fp32.tflite", "model_int8.tflite"):
-        meta = json.loads(read_metadata((full_bundle / file).read_bytes(), METADATA_KEY))
+        meta = json.loads(read_tflite((full_bundle / file).read_bytes()).metadata[METADATA_KEY])
         assert meta["labels"] == LABELS and meta["input"]["height"] == SIZE
         assert meta["artifact"]["input"] == bundle["artifacts"][file]["input"]
         assert meta["provenance"]["dataset_fingerprint"] == "formats-fingerprint"
