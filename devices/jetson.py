@@ -12,7 +12,7 @@ import re
 
 import cv2
 
-from .sources import SourceError, SourceOptions, _CaptureSource, lowres_size
+from .source_base import CaptureSource, SourceError, SourceOptions, lowres_size
 
 
 def opencv_has_gstreamer() -> bool:
@@ -32,7 +32,7 @@ def argus_pipeline(sensor_id: int, camera_size: tuple[int, int], fps: int, out_s
     )
 
 
-class JetsonCsiSource(_CaptureSource):
+class JetsonCsiSource(CaptureSource):
     """`csi://N`: Jetson CSI camera N (Argus), scaled in hardware near the model's size."""
 
     live = True

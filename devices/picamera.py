@@ -14,7 +14,7 @@ import time
 import cv2
 import numpy as np
 
-from .sources import Source, SourceError, SourceOptions, lowres_size
+from .source_base import Source, SourceError, SourceOptions, lowres_size
 
 INSTALL_HINT = (
     "picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` and create the "

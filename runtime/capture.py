@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 import time
 from dataclasses import dataclass
 
-from edgevision.devices.sources import Frame, Source, SourceError
+from edgevision.devices.source_base import Frame, Source, SourceError
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import TextIO
 
 import numpy as np
 
-from edgevision.devices.sources import Source, SourceError
+from edgevision.devices.source_base import Source, SourceError
 from .capture import CaptureConfig, open_feed
 from .classifier import Classifier
 from .overlay import DisplayWindow, overlay_lines

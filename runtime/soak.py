@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from edgevision.devices.sources import Source
+from edgevision.devices.source_base import Source
 
 
 def process_figures() -> dict:

@@ -6,7 +6,6 @@ this file: tests that do not use those fixtures must not pay for them.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path

@@ -247,7 +247,7 @@ def test_install_verifies_before_it_switches_and_keeps_the_old_release_on_failur
     (tmp_path / "systemd" / "state").write_text("failed\n")
     third = _install(x86_deploy, prefix, python_bin, "--service", "yes", env=systemd)
     assert third.returncode == 6, third.stdout + third.stderr
-    assert f"edgevision.service was failed with the new release" in third.stderr
+    assert "edgevision.service was failed with the new release" in third.stderr
     assert f"back on releases/{current.name}" in third.stderr
     assert (prefix / "current").resolve() == current and len(list((prefix / "releases").iterdir())) == 1
     assert (tmp_path / "systemd" / "units" / "edgevision.service").read_text() == installed_unit

@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import add_golden
 from edgevision.cli import main
 from edgevision.export.golden import choose_golden
 from edgevision.runtime.bundle import BUNDLE_FILE, Bundle, BundleError, file_sha256

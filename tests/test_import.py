@@ -208,7 +208,6 @@ def test_quantized_tflite_takes_pixels_as_they_are(tmp_path):
 def _onnx_model(path: Path, outputs: int = 1, output_shape=("N", 4), input_shape=("N", 3, H, W),
                 metadata: dict | None = None, input_type: int | None = None) -> Path:
     """A small ONNX graph written with onnx.helper: NCHW float input -> Conv -> pooling -> Gemm (logits)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(1)

@@ -197,3 +197,12 @@ def test_the_run_command_imports_neither_training_nor_export(tiny_bundle, tmp_pa
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert (report["ok"], report["bad"]) == (0, 2)
     assert report["loaded"] == []
+
+
+def test_the_camera_modules_build_on_the_source_base_alone():
+    """sources.py opens picamera.py and jetson.py lazily; they take their base classes from
+    source_base.py, so no two source modules import each other."""
+    for name in ("picamera", "jetson", "source_base"):
+        path = ROOT / "devices" / f"{name}.py"
+        imported = {module for _, module, _ in _imports(ast.parse(path.read_text()), "devices")}
+        assert "edgevision.devices.sources" not in imported, f"devices/{name}.py imports sources.py"
