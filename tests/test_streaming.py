@@ -191,15 +191,16 @@ def test_the_trainer_streams_a_folder_too_big_for_memory_and_decodes_a_small_one
     memory = trainer._load_data(index, replace(config, data_in_memory="always"), progress=False)
     assert isinstance(memory, Dataset) and streamed.fingerprint() == memory.fingerprint()
 
-    batches = trainer._training_batches(streamed, config, 1, None)
-    reference = trainer._training_batches(memory, config, 1, None)
+    batches = streamed.training_batches(config.batch_size, config.seed, 1, None)
+    reference = memory.training_batches(config.batch_size, config.seed, 1, None)
     np.testing.assert_array_equal(batches[2][0], reference[2][0])
-    validation = trainer._validation_data(streamed, config, device_count=1)
+    validation = streamed.validation_data(config.batch_size, pad_multiple=1)
     assert validation.num_batches == -(-len(streamed.val) // 8)
     np.testing.assert_array_equal(np.concatenate([validation[i][0] for i in range(len(validation))]),
-                                  trainer._validation_data(memory, config, 1)[0])
-    np.testing.assert_array_equal(trainer._calibration_images(streamed, 32), memory.train.images)
-    assert [type(c).__name__ for c in trainer._stream_callbacks(streamed)] == ["ReportCorruptFiles"]
+                                  memory.validation_data(config.batch_size)[0])
+    np.testing.assert_array_equal(streamed.calibration_images(32, 50), memory.train.images)
+    assert [type(c).__name__ for c in streamed.training_callbacks()] == ["ReportCorruptFiles"]
+    assert memory.training_callbacks() == []
 
 
 def _stream_pair(split: IndexedSplit, **options) -> tuple[StreamingBatches, StreamingBatches]:

@@ -238,6 +238,31 @@ class Dataset(DatasetIndex):
     def heldout(self) -> Split:
         return super().heldout()
 
+    # What training reads; streaming.StreamedDataset implements the same methods by decoding from disk.
+
+    def training_batches(self, batch_size: int, seed: int, first_epoch: int, weights):
+        """The training split in seeded shuffled batches, from `first_epoch` on."""
+        from .pipeline import ShuffledBatches
+
+        return ShuffledBatches(self.train.images, self.train.labels, batch_size, seed, first_epoch=first_epoch,
+                               weights=weights)
+
+    def validation_data(self, batch_size: int, pad_multiple: int = 1):
+        """(images, labels), or None without validation images (uint8: the model's input casts them)."""
+        return (self.val.images, self.val.labels) if len(self.val) else None
+
+    def training_callbacks(self) -> list:
+        return []
+
+    def calibration_images(self, batch_size: int, max_batches: int) -> np.ndarray:
+        """The training images BatchNorm statistics are re-estimated on."""
+        return self.train.images
+
+    def predict_heldout(self, classifier, heldout: Split) -> tuple[np.ndarray, Split]:
+        """(predicted classes, the held-out split they belong to)."""
+        scores = classifier.predict(heldout.images, batch_size=64, verbose=0)  # uint8: cast per batch by the model
+        return np.argmax(scores, axis=1), heldout
+
 
 # ----------------------------------------------------------------------------------------------------
 # Discovery

@@ -272,6 +272,34 @@ class StreamedDataset(DatasetIndex):
         known = {s.path for s in self.skipped}
         self.skipped.extend(s for s in self.report.skipped() if s.path not in known)
 
+    # The training data interface of dataset.Dataset, decoding from disk while training runs.
+
+    def training_batches(self, batch_size: int, seed: int, first_epoch: int, weights) -> StreamingBatches:
+        return self.stream(self.train, batch_size, seed=seed, first_epoch=first_epoch, weights=weights, dtype="uint8")
+
+    def validation_data(self, batch_size: int, pad_multiple: int = 1) -> StreamingBatches | None:
+        """The validation split in file order, or None without validation images."""
+        if not len(self.val):
+            return None
+        return self.stream(self.val, batch_size, shuffle=False, pad_multiple=pad_multiple, dtype="uint8")
+
+    def training_callbacks(self) -> list:
+        return [ReportCorruptFiles(self.report)]
+
+    def calibration_images(self, batch_size: int, max_batches: int) -> np.ndarray:
+        """The training images BatchNorm is re-estimated on: only the ones used are decoded."""
+        with self.stream(self.train, batch_size, shuffle=False, dtype="uint8") as stream:
+            images, _, _ = decode_split(stream, limit=batch_size * max_batches)
+        return images
+
+    def predict_heldout(self, classifier, heldout: IndexedSplit) -> tuple[np.ndarray, IndexedSplit]:
+        """(predicted classes, the held-out split they belong to): the corrupt files found are left out of
+        the split and recorded in `skipped`."""
+        with self.stream(heldout, 64, shuffle=False, dtype="uint8") as stream:
+            predicted, positions = predict_split(classifier, stream)
+        self.record_corrupt()
+        return predicted, IndexedSplit([heldout.paths[i] for i in positions], heldout.labels[positions])
+
 
 class ReportCorruptFiles(keras.callbacks.Callback):
     """Logs, at the end of each epoch, the corrupt files the streams found during it."""

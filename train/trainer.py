@@ -17,6 +17,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,12 +26,14 @@ from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES, Preproce
 
 from .augment import AugmentConfig
 from .checkpoint import STATE_FILE, RunState, assign_arrays, load_checkpoint, restore_best, work_dir
-from .dataset import (SKIPPED_FILE, Dataset, DatasetIndex, IndexedSplit, index_image_folder, load_image_folder,
-                      skipped_report)
+from .dataset import SKIPPED_FILE, Dataset, DatasetIndex, index_image_folder, load_image_folder, skipped_report
 from .decode_pool import DECODERS
 from .distribute import DISTRIBUTE_MODES
 from .model import ModelConfig, build_classifier, momentum_for, recalibrate_batchnorm, trainable_batchnorms, unfreeze
 from .run_dir import MODEL_FILE, RunInfo
+
+if TYPE_CHECKING:  # streaming imports Keras, which train() imports only when training starts
+    from .streaming import StreamedDataset
 
 log = logging.getLogger("edgevision.train")
 
@@ -266,9 +269,9 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     if config.mixed_precision:
         classifier = float32_copy(classifier)  # export and the runtime expect float32 in and out
     # Deterministic preprocessing: the classifier alone, never the augmentation in front of it.
-    recalibrate_batchnorm(classifier, _calibration_images(dataset, max(config.batch_size, 32)),
-                          batch_size=max(config.batch_size, 32))
-    predicted, heldout = _predict_heldout(classifier, dataset, heldout)
+    batch = max(config.batch_size, 32)
+    recalibrate_batchnorm(classifier, dataset.calibration_images(batch, _RECALIBRATION_BATCHES), batch_size=batch)
+    predicted, heldout = dataset.predict_heldout(classifier, heldout)
     heldout_accuracy = float(np.mean(predicted == heldout.labels)) if len(heldout) else float("nan")
     best_epoch = state.monitor.get("best_epoch") if len(dataset.val) else None
     info = RunInfo(
@@ -319,7 +322,7 @@ def keep_weights(keep: str, classifier, work: Path, state: RunState, has_validat
     return last
 
 
-def _fit_phases(trained, classifier, dataset: DatasetIndex, config: TrainConfig, state: RunState, work: Path,
+def _fit_phases(trained, classifier, dataset: Dataset | StreamedDataset, config: TrainConfig, state: RunState, work: Path,
                 checkpoint, progress: bool, device_count: int = 1) -> None:
     """Run the phases that are left, from `state` (a fresh state starts at phase 0, epoch 0)."""
     import keras
@@ -331,7 +334,7 @@ def _fit_phases(trained, classifier, dataset: DatasetIndex, config: TrainConfig,
 
     weights = class_weights(dataset.train.labels, len(dataset.labels), config.class_weights)
     steps = math.ceil(len(dataset.train) / config.batch_size)
-    validation = _validation_data(dataset, config, device_count)
+    validation = dataset.validation_data(config.batch_size, pad_multiple=device_count)
     corrections = []
     if validation is not None and device_count > 1:  # every batch must split evenly over the devices
         if isinstance(validation, tuple):
@@ -339,7 +342,7 @@ def _fit_phases(trained, classifier, dataset: DatasetIndex, config: TrainConfig,
         else:  # a stream pads its own batches, with copies of weight 0
             padding = ValidationPadding.of_stream(validation, len(dataset.val))
         corrections.append(padding.callback())
-    corrections += _stream_callbacks(dataset)
+    corrections += dataset.training_callbacks()
     if validation is None and config.patience is not None:
         log.warning("No validation images: early stopping watches the training accuracy")
     monitor = Monitor(**state.monitor) if state.monitor else Monitor(
@@ -373,7 +376,7 @@ def _fit_phases(trained, classifier, dataset: DatasetIndex, config: TrainConfig,
             if progress and len(config.phases()) > 1:
                 print(f"Phase {index + 1}/{len(config.phases())} ({phase.name}): epochs {epoch + 1}-{phase_end}, "
                       f"learning rate {phase.learning_rate:g}")
-            stream = _training_batches(dataset, config, epoch, weights)
+            stream = dataset.training_batches(config.batch_size, config.seed, epoch, weights)
             batches = pad_batches(stream, device_count) if device_count > 1 else stream
             try:
                 trained.fit(
@@ -429,9 +432,11 @@ def index_folder(data_dir: str | os.PathLike, config: TrainConfig) -> DatasetInd
                               seed=config.seed, warn=False)
 
 
-def _load_data(index: DatasetIndex, config: TrainConfig, progress: bool) -> DatasetIndex:
+def _load_data(index: DatasetIndex, config: TrainConfig, progress: bool) -> Dataset | StreamedDataset:
     """A decoded `Dataset` of the indexed folder, or a `StreamedDataset` when data_in_memory is "never",
-    or "auto" and the decoded pictures would take more than IN_MEMORY_LIMIT_BYTES."""
+    or "auto" and the decoded pictures would take more than IN_MEMORY_LIMIT_BYTES. Both give training
+    the same methods (training_batches, validation_data, training_callbacks, calibration_images,
+    predict_heldout), so nothing here asks which one it has."""
     size = len(index.file_sizes) * config.policy.height * config.policy.width * 3
     if config.data_in_memory == "never" or (config.data_in_memory == "auto" and size > IN_MEMORY_LIMIT_BYTES):
         from .streaming import StreamedDataset
@@ -446,60 +451,8 @@ def _load_data(index: DatasetIndex, config: TrainConfig, progress: bool) -> Data
                              progress=progress)
 
 
-def _training_batches(dataset: DatasetIndex, config: TrainConfig, first_epoch: int, weights):
-    if isinstance(dataset, Dataset):
-        from .pipeline import ShuffledBatches
-
-        return ShuffledBatches(dataset.train.images, dataset.train.labels, config.batch_size, config.seed,
-                               first_epoch=first_epoch, weights=weights)
-    return dataset.stream(dataset.train, config.batch_size, seed=config.seed, first_epoch=first_epoch,
-                          weights=weights, dtype="uint8")
-
-
-def _validation_data(dataset: DatasetIndex, config: TrainConfig, device_count: int):
-    """(images, labels) in memory, a stream in file order, or None without validation images."""
-    if not len(dataset.val):
-        return None
-    if isinstance(dataset, Dataset):
-        return dataset.val.images, dataset.val.labels  # uint8: the model's input casts them
-    return dataset.stream(dataset.val, config.batch_size, shuffle=False, pad_multiple=device_count, dtype="uint8")
-
-
 def _close_stream(data) -> None:
     """Stop a dataset's prefetching threads and decoder processes (in-memory arrays have nothing to stop)."""
     close = getattr(data, "close", None)
     if close is not None:
         close()
-
-
-def _stream_callbacks(dataset: DatasetIndex) -> list:
-    if isinstance(dataset, Dataset):
-        return []
-    from .streaming import ReportCorruptFiles
-
-    return [ReportCorruptFiles(dataset.report)]
-
-
-def _calibration_images(dataset: DatasetIndex, batch_size: int) -> np.ndarray:
-    """The training images BatchNorm is re-estimated on: a streamed run decodes only the ones used."""
-    if isinstance(dataset, Dataset):
-        return dataset.train.images
-    from .streaming import decode_split
-
-    with dataset.stream(dataset.train, batch_size, shuffle=False, dtype="uint8") as stream:
-        images, _, _ = decode_split(stream, limit=batch_size * _RECALIBRATION_BATCHES)
-    return images
-
-
-def _predict_heldout(classifier, dataset: DatasetIndex, heldout):
-    """(predicted classes, the held-out split they belong to): a streamed run leaves out the corrupt files
-    it found, and records every corrupt file it met in `dataset.skipped`."""
-    if isinstance(dataset, Dataset):
-        scores = classifier.predict(heldout.images, batch_size=64, verbose=0)  # uint8: cast per batch by the model
-        return np.argmax(scores, axis=1), heldout
-    from .streaming import predict_split
-
-    with dataset.stream(heldout, 64, shuffle=False, dtype="uint8") as stream:
-        predicted, positions = predict_split(classifier, stream)
-    dataset.record_corrupt()
-    return predicted, IndexedSplit([heldout.paths[i] for i in positions], heldout.labels[positions])
