@@ -35,7 +35,8 @@ class CLIError(Exception):
 
 def _add_train(sub) -> None:
     from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES
-    from edgevision.train.augment import FILL_MODES, PRESETS
+    from edgevision.train.affine import FILL_MODES
+    from edgevision.train.augment import PRESETS
     from edgevision.train.decode_pool import DECODERS
     from edgevision.train.distribute import DISTRIBUTE_MODES
     from edgevision.train.model import BACKBONES, TRANSFER_MODES

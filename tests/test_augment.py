@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edgevision.train.augment import FILL_MODES, AugmentConfig, affine_matrix, apply_affine, augment_batch
+from edgevision.train.affine import FILL_MODES, affine_matrix, apply_affine
+from edgevision.train.augment import AugmentConfig
+from edgevision.train.augment_layer import augment_batch
 from edgevision.train.preview import preview_grid
 
 
@@ -157,7 +159,7 @@ def _mid_range(shape, seed=0) -> np.ndarray:
 
 
 def test_identity_at_inference_bit_exact():
-    from edgevision.train.augment import augmentation_layer
+    from edgevision.train.augment_layer import augmentation_layer
 
     images = np.random.default_rng(0).uniform(0, 255, (4, 16, 12, 3)).astype(np.float32)
     layer = augmentation_layer(AugmentConfig.strong(), seed=0)
@@ -170,7 +172,7 @@ def test_identity_at_inference_bit_exact():
 def test_inside_a_model_only_training_is_random():
     import keras
 
-    from edgevision.train.augment import augmentation_layer
+    from edgevision.train.augment_layer import augmentation_layer
 
     inputs = keras.Input((16, 16, 3))
     model = keras.Model(inputs, augmentation_layer(AugmentConfig.light(), seed=1)(inputs))
@@ -244,7 +246,7 @@ def test_same_seed_same_output_different_seed_different_output():
 def test_float32_under_a_bfloat16_policy():
     import keras
 
-    from edgevision.train.augment import augmentation_layer
+    from edgevision.train.augment_layer import augmentation_layer
 
     images = np.random.default_rng(8).uniform(0, 255, (8, 224, 224, 3)).astype(np.float32)
     previous = keras.config.dtype_policy()
@@ -261,7 +263,7 @@ def test_float32_under_a_bfloat16_policy():
 def test_unknown_batch_and_picture_size_in_a_traced_graph():
     import keras
 
-    from edgevision.train.augment import augmentation_layer
+    from edgevision.train.augment_layer import augmentation_layer
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("tf.function with an input signature is TensorFlow's way to leave dimensions unknown")
@@ -323,7 +325,8 @@ def test_presets_dict_round_trip_and_unknown_keys():
 
 def test_importing_augment_and_preview_loads_no_deep_learning_framework():
     code = (
-        "import sys, edgevision.train.augment, edgevision.train.preview\n"
+        "import sys, edgevision.train.augment, edgevision.train.affine, edgevision.train.augment_layer, "
+        "edgevision.train.preview\n"
         "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
@@ -365,9 +368,9 @@ def test_preview_refuses_bad_input(tmp_path):
 
 
 def test_benchmark_command_prints_both_layers(capsys):
-    from edgevision.train.augment import main
+    from edgevision.train.augment_bench import main
 
-    assert main(["--bench", "--batch", "2", "--size", "16", "--repeats", "1", "--jit", "off"]) == 0
+    assert main(["--batch", "2", "--size", "16", "--repeats", "1", "--jit", "off"]) == 0
     printed = capsys.readouterr().out
     for name in ("edgevision_geometry", "edgevision_strong", "keras_stock_chain", "images/s"):
         assert name in printed
@@ -376,7 +379,9 @@ def test_benchmark_command_prints_both_layers(capsys):
 _JAX_SCRIPT = textwrap.dedent(
     """
     import jax, numpy as np
-    from edgevision.train.augment import AugmentConfig, affine_matrix, apply_affine, augmentation_layer
+    from edgevision.train.affine import affine_matrix, apply_affine
+    from edgevision.train.augment import AugmentConfig
+    from edgevision.train.augment_layer import augmentation_layer
 
     assert __import__("keras").backend.backend() == "jax"
     modes = [("nearest", [10, 10, 10, 10, 20]), ("reflect", [30, 20, 10, 10, 20]),

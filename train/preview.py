@@ -15,7 +15,8 @@ import numpy as np
 
 from edgevision.runtime.atomic import atomic_write_bytes
 
-from .augment import AugmentConfig, augment_batch
+from .augment import AugmentConfig
+from .augment_layer import augment_batch
 
 _GAP = 2  # grey pixels between cells
 _MIN_CELL = 96  # small images (28-px digits) are enlarged by an integer factor so the grid is readable

@@ -186,7 +186,7 @@ def training_model(classifier, config: TrainConfig):
     or optimizer that a plain `keras.saving.load_model` would have to resolve."""
     import keras
 
-    from .augment import augmentation_layer
+    from .augment_layer import augmentation_layer
 
     inputs = keras.Input(classifier.input_shape[1:], dtype="float32", name="image")
     x = augmentation_layer(config.augment, seed=config.seed)(inputs) if config.augment.enabled else inputs
