@@ -93,7 +93,8 @@ def test_slow_model_is_always_handed_the_newest_frame():
     for asked_after, got in zip(model.newest_when_done, handed[1:]):
         assert got >= asked_after, (asked_after, got)
     assert summary.dropped >= 50  # the frames the model had no time for were skipped, not queued
-    assert summary.age_ms_p95 < 200  # model time + a camera period; a queue would reach seconds
+    # Model time + a camera period (about 45 ms), with room for a loaded machine; a queue would reach 800 ms.
+    assert summary.age_ms_p95 < 400
 
 
 def test_latest_frame_feed_waits_for_a_new_frame_and_ends_with_the_source():
@@ -145,7 +146,7 @@ def test_realtime_file_keeps_up_without_dropping(tiny_bundle, tmp_path):
     summary = run_loop(classifier, source, config, out=out)
     # A tiny model keeps up with 30 fps (a frame or two may be late on a very busy machine).
     assert summary.frames + summary.dropped == 30 and summary.dropped <= 2 and counter.decoded == summary.frames
-    assert 0.9 < summary.seconds < 3.0  # played at 30 fps: about a second, not as fast as possible
+    assert 0.9 < summary.seconds < 5.0  # played at 30 fps: about a second, never faster (as fast as possible)
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["frame"] for line in lines] == sorted(line["frame"] for line in lines)
     # Capture-to-result: decode + preprocess + invoke of a tiny model, a few ms; well under a frame period.
@@ -172,13 +173,14 @@ def test_realtime_file_with_a_slow_model_skips_frames_without_decoding_them(tmp_
 
 
 def test_as_fast_as_possible_reads_every_frame(tmp_path):
-    clip = _write_clip(tmp_path / "clip.avi", 40, fps=2)  # would take 20 s if paced
+    clip = _write_clip(tmp_path / "clip.avi", 40, fps=0.5)  # would take 80 s if paced
     feed = open_feed(open_source(str(clip)), CaptureConfig(realtime=False))
     assert isinstance(feed, SequentialFeed)
     started = time.perf_counter()
     with feed:
         indices = [frame.index for frame in iter(feed.next, None)]
-    assert indices == list(range(40)) and time.perf_counter() - started < 5
+    # Not a speed test: only far from 80 s, with room for a machine under heavy load.
+    assert indices == list(range(40)) and time.perf_counter() - started < 40
 
 
 def test_smoothing_is_an_exponential_moving_average_and_threshold_gives_null(tiny_bundle, tmp_path):
