@@ -156,83 +156,9 @@ class PreviewServer:
             self._jpeg = (seq, data.tobytes())
             return self._jpeg
 
-    def _handler_class(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's naming)
-                path = self.path.split("?", 1)[0]
-                if path == "/":
-                    self._send(200, "text/html; charset=utf-8", PAGE.encode())
-                elif path == "/snapshot.jpg":
-                    found = server._wait_jpeg(-1, 5.0)
-                    if found is None:
-                        self._send(503, "text/plain", b"no frame yet\n")
-                    else:
-                        self._send(200, "image/jpeg", found[1])
-                elif path == "/stream.mjpg":
-                    self._stream()
-                elif path == "/events":
-                    self._events()
-                elif path == "/metrics":
-                    self._send(200, "text/plain; version=0.0.4; charset=utf-8", server.metrics.render().encode())
-                else:
-                    self._send(404, "text/plain",
-                               b"not found: try /, /stream.mjpg, /events, /snapshot.jpg or /metrics\n")
-
-            def _send(self, code: int, kind: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-cache")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _start_stream(self, kind: str) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Cache-Control", "no-cache")
-                self.end_headers()
-
-            def _stream(self) -> None:
-                self._start_stream(f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-                seq, interval = -1, 1.0 / server.config.fps
-                try:
-                    while not server._closing:
-                        started = time.monotonic()
-                        found = server._wait_jpeg(seq, 1.0)
-                        if found is None:
-                            continue
-                        seq, jpeg = found
-                        self.wfile.write(
-                            f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-                            + jpeg + b"\r\n"
-                        )
-                        time.sleep(max(0.0, interval - (time.monotonic() - started)))
-                except GONE:
-                    pass
-
-            def _events(self) -> None:
-                self._start_stream("text/event-stream")
-                seq, interval = -1, 1.0 / server.config.events_fps
-                try:
-                    self.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
-                    while not server._closing:
-                        started = time.monotonic()
-                        found = server._wait_newer(seq, KEEPALIVE_S)
-                        if found is None:
-                            self.wfile.write(b": keepalive\n\n")
-                            continue
-                        seq, _, info = found
-                        self.wfile.write(f"data: {event_json(info, time.time())}\n\n".encode())
-                        time.sleep(max(0.0, interval - (time.monotonic() - started)))
-                except GONE:
-                    pass
-
-            def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
-                logger.debug("preview %s: " + format, self.client_address[0], *args)
-
-        return Handler
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        """_Handler bound to this server: http.server builds one handler per request from a class."""
+        return type("Handler", (_Handler,), {"preview": self})
 
     def close(self) -> None:
         with self._cond:
@@ -246,3 +172,89 @@ class PreviewServer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One viewer's request: a method per endpoint, looked up in ROUTES. `preview` (the PreviewServer) is
+    set by PreviewServer._handler_class; http.server's own `self.server` is the HTTP server."""
+
+    preview: PreviewServer
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        endpoint = self.ROUTES.get(self.path.split("?", 1)[0])
+        if endpoint is None:
+            self._send(404, "text/plain", b"not found: try /, /stream.mjpg, /events, /snapshot.jpg or /metrics\n")
+        else:
+            endpoint(self)
+
+    def _page(self) -> None:
+        self._send(200, "text/html; charset=utf-8", PAGE.encode())
+
+    def _snapshot(self) -> None:
+        found = self.preview._wait_jpeg(-1, 5.0)
+        if found is None:
+            self._send(503, "text/plain", b"no frame yet\n")
+        else:
+            self._send(200, "image/jpeg", found[1])
+
+    def _metrics(self) -> None:
+        self._send(200, "text/plain; version=0.0.4; charset=utf-8", self.preview.metrics.render().encode())
+
+    def _stream(self) -> None:
+        """MJPEG at most config.fps pictures a second, each JPEG encoded once for all viewers."""
+        server = self.preview
+        self._start_stream(f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        seq, interval = -1, 1.0 / server.config.fps
+        try:
+            while not server._closing:
+                started = time.monotonic()
+                found = server._wait_jpeg(seq, 1.0)
+                if found is None:
+                    continue
+                seq, jpeg = found
+                self.wfile.write(
+                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+                    + jpeg + b"\r\n"
+                )
+                time.sleep(max(0.0, interval - (time.monotonic() - started)))
+        except GONE:
+            pass
+
+    def _events(self) -> None:
+        """Server-Sent Events: the newest answer at most config.events_fps a second, keepalives between."""
+        server = self.preview
+        self._start_stream("text/event-stream")
+        seq, interval = -1, 1.0 / server.config.events_fps
+        try:
+            self.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
+            while not server._closing:
+                started = time.monotonic()
+                found = server._wait_newer(seq, KEEPALIVE_S)
+                if found is None:
+                    self.wfile.write(b": keepalive\n\n")
+                    continue
+                seq, _, info = found
+                self.wfile.write(f"data: {event_json(info, time.time())}\n\n".encode())
+                time.sleep(max(0.0, interval - (time.monotonic() - started)))
+        except GONE:
+            pass
+
+    ROUTES = {"/": _page, "/snapshot.jpg": _snapshot, "/stream.mjpg": _stream, "/events": _events,
+              "/metrics": _metrics}
+
+    def _send(self, code: int, kind: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _start_stream(self, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+
+    def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
+        logger.debug("preview %s: " + format, self.client_address[0], *args)
