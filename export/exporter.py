@@ -359,6 +359,19 @@ def _write_report(folder: Path, bundle: Bundle, info: RunInfo) -> None:
         q = exported["quantization"]
         lines += ["", f"int8 calibration: {exported['calibration_images']} images ({exported['calibration_source']}), "
                   f"TFLite int8 interface {q['io_dtype']}, ONNX QDQ types {q['onnx_types']}, per-channel weights."]
+    lines += _precision_search_notes(bundle)
+    if bundle.golden:
+        lines += ["", f"Golden predictions: {bundle.golden['images']} held-out images at model size with every "
+                  f"artifact's answers on this machine ({bundle.golden['file']}); `edgevision verify` replays them "
+                  "on a device."]
+    if exported.get("onnx_opset"):
+        lines += ["", f"ONNX: opset {exported['onnx_opset']}, input `image` float32 NHWC raw 0-255 RGB, output `probs`."]
+    (folder / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _precision_search_notes(bundle: Bundle) -> list[str]:
+    """report.md's paragraph per int8 artifact: what the precision search kept in float, and why."""
+    lines = []
     for name, artifact in bundle.artifacts.items():
         search = artifact.metrics.get("precision_search")
         if not search:
@@ -373,13 +386,7 @@ def _write_report(folder: Path, bundle: Bundle, info: RunInfo) -> None:
         else:
             lines += ["", f"{name}: full int8 ({search['tried'][0]['agreement']:.2%} estimated agreement from "
                       f"{search['search_images']} {search['search_source']}; aim: {search['target']:.1%})."]
-    if bundle.golden:
-        lines += ["", f"Golden predictions: {bundle.golden['images']} held-out images at model size with every "
-                  f"artifact's answers on this machine ({bundle.golden['file']}); `edgevision verify` replays them "
-                  "on a device."]
-    if exported.get("onnx_opset"):
-        lines += ["", f"ONNX: opset {exported['onnx_opset']}, input `image` float32 NHWC raw 0-255 RGB, output `probs`."]
-    (folder / "report.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def _check_probabilities(model_path: Path, reference: np.ndarray) -> None:
@@ -450,100 +457,174 @@ def export(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, formats=("
     calibration: representative images for int8 artifacts: an image folder or prepared (N, H, W, 3)
     uint8 images; default: the run's training images.
     """
-    from edgevision.runtime.classifier import Classifier
-
     started = time.perf_counter()
-    formats = resolve_formats(formats)
-    quantization = quantization or QuantizationConfig()
-    if not isinstance(quantization, QuantizationConfig):
-        raise TypeError(f"quantization must be a QuantizationConfig, got {type(quantization).__name__}")
+    formats, quantization = _resolve_options(formats, quantization)
     info = RunInfo.load(run_dir)
     out_dir = Path(out_dir)
+    # Everything that can reject the request cheaply runs before the model is loaded or converted.
     check_output_folder(out_dir, overwrite)
     refuse_inputs(out_dir, [run_dir])  # --overwrite must never delete the run it exports
-    calibration_set = None
-    if any(ARTIFACT_KINDS[f].calibrated for f in formats):
-        try:
-            calibration_set = Calibration(calibration_images(info, quantization, calibration), quantization)
-        except CalibrationError as bad:
-            raise ExportError(f"Cannot calibrate the int8 artifacts: {bad}") from None
+    calibration_set = _calibration_set(info, formats, quantization, calibration)
     model = load_trained_model(info)
     images, labels = load_heldout(info)
     reference = model.predict(images, batch_size=64, verbose=0)
     _check_probabilities(info.model_path, reference)
     folded, fold_report = _fold(model, images, reference)
-    if calibration_set is not None and quantization.search:
-        try:
-            found, source = search_images(info, quantization.search_images)
-        except CalibrationError as bad:
-            raise ExportError(f"Cannot search int8 precision: {bad}") from None
-        probs = folded.predict(found, batch_size=64, verbose=0)
-        calibration_set = replace(calibration_set, search=SearchSet(found, probs, source, threads))
+    calibration_set = _with_search_set(calibration_set, info, quantization, folded, threads)
     provenance = _provenance(info)
-    provenance["export"] = {
-        "batchnorm_fold": fold_report,
-        "onnx_opset": _onnx_opset() if any(ARTIFACT_KINDS[f].format == "onnx" for f in formats) else None,
-        "quantization": quantization.to_dict() if calibration_set is not None else None,
-        "calibration_images": int(len(calibration_set.images)) if calibration_set is not None else 0,
-        "calibration_source": (None if calibration_set is None else "run training images" if calibration is None
-                               else "given array" if isinstance(calibration, np.ndarray) else str(calibration)),
-    }
+    provenance["export"] = _export_provenance(formats, fold_report, quantization, calibration_set, calibration)
 
     result = ExportResult(bundle_dir=out_dir)
+    # Everything is written to a staging folder that replaces out_dir only when the export succeeds.
     with atomic_directory(out_dir, overwrite=overwrite, inputs=[run_dir]) as staging:
-        artifacts, recipes = {}, {}
-        for fmt in formats:
-            kind = ARTIFACT_KINDS[fmt]
-            log.info("converting %s", kind.file)
-            recipe = None
-            if kind.calibrated:
-                content, recipe = kind.convert(folded, calibration_set, kind.min_agreement)
-            else:
-                content = kind.convert(folded)
-            if recipe is not None:
-                recipes[kind.file] = recipe
-            path = staging / kind.file
-            path.write_bytes(content)
-            draft = Artifact.from_file(path, kind.format, kind.precision)  # tensor types as the file declares
-            path.write_bytes(_embed(kind.format, content, embedded_metadata(info, draft, provenance)))
-            artifacts[kind.file] = Artifact.from_file(path, kind.format, kind.precision, input=draft.input,
-                                                      output=draft.output)
+        artifacts, recipes = _convert_artifacts(staging, formats, folded, calibration_set, info, provenance)
         bundle = Bundle(
             labels=info.labels, preprocess=info.preprocess, artifacts=artifacts,
             default_artifact=ARTIFACT_KINDS[formats[0]].file, provenance=provenance, folder=staging,
         )
-        golden_index, golden_answers = choose_golden(images, labels), {}
-        for fmt in formats:
-            kind = ARTIFACT_KINDS[fmt]
-            log.info("checking %s against the trained model", kind.file)
-            classifier = Classifier(bundle, artifact=kind.file, threads=threads)
-            metrics = _parity(classifier, images, labels, reference)
-            golden_answers[kind.file] = golden_probs(classifier, images[golden_index])
-            metrics["latency_threads"] = threads or usable_cpus()
-            metrics["min_agreement"] = kind.min_agreement
-            if kind.file in recipes:
-                metrics["precision_search"] = recipes[kind.file]
-            metrics["passed"] = metrics["agreement"] >= kind.min_agreement
-            # Warn when the interval is wider than a point either way (or half the room the gate leaves):
-            # a set that cannot tell the gate from a point below it. A gate of 0 or 1 has no interval.
-            gate, total = kind.min_agreement, metrics["heldout_images"]
-            warning = (too_few_warning(total, gate)
-                       if 0 < gate < 1 and total < images_needed(gate, max((1 - gate) / 2, 0.01)) else None)
-            if warning:
-                metrics["too_few_images"] = warning
-                log.warning("%s: %s", kind.file, warning)
-            bundle.artifacts[kind.file] = replace(artifacts[kind.file], metrics=metrics)
-            result.metrics[kind.file] = metrics
-            if not metrics["passed"]:
-                result.failed.append(_failure_message(kind.file, kind, metrics, quantization))
+        golden_index = choose_golden(images, labels)
+        golden_answers = _check_artifacts(bundle, formats, recipes, images, labels, reference, golden_index,
+                                          threads, quantization, result)
         if result.failed and not force:
             raise ExportError("\n".join(result.failed))
-        write_golden(staging, images[golden_index], labels[golden_index], golden_answers)
-        bundle.golden = golden_entry(staging, list(golden_answers), computed_on())
-        bundle.write()
-        _write_report(staging, bundle, info)
+        _write_outputs(staging, bundle, info, images[golden_index], labels[golden_index], golden_answers)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _resolve_options(formats, quantization: QuantizationConfig | None) -> tuple[tuple[str, ...], QuantizationConfig]:
+    """The artifact names to write, and the quantization settings (the defaults when None)."""
+    formats = resolve_formats(formats)
+    quantization = quantization or QuantizationConfig()
+    if not isinstance(quantization, QuantizationConfig):
+        raise TypeError(f"quantization must be a QuantizationConfig, got {type(quantization).__name__}")
+    return formats, quantization
+
+
+def _calibration_set(info: RunInfo, formats: tuple[str, ...], quantization: QuantizationConfig,
+                     calibration) -> Calibration | None:
+    """The int8 representative images, or None when no calibrated artifact is asked for. Read before the
+    model is loaded, so a bad calibration folder fails in seconds, not after minutes of work."""
+    if not any(ARTIFACT_KINDS[f].calibrated for f in formats):
+        return None
+    try:
+        return Calibration(calibration_images(info, quantization, calibration), quantization)
+    except CalibrationError as bad:
+        raise ExportError(f"Cannot calibrate the int8 artifacts: {bad}") from None
+
+
+def _with_search_set(calibration_set: Calibration | None, info: RunInfo, quantization: QuantizationConfig,
+                     folded, threads: int | None) -> Calibration | None:
+    """calibration_set with the precision search's images and the folded model's answers on them (the
+    model that is converted, so the search measures only what quantization changes)."""
+    if calibration_set is None or not quantization.search:
+        return calibration_set
+    try:
+        found, source = search_images(info, quantization.search_images)
+    except CalibrationError as bad:
+        raise ExportError(f"Cannot search int8 precision: {bad}") from None
+    probs = folded.predict(found, batch_size=64, verbose=0)
+    return replace(calibration_set, search=SearchSet(found, probs, source, threads))
+
+
+def _export_provenance(formats: tuple[str, ...], fold_report: dict, quantization: QuantizationConfig,
+                       calibration_set: Calibration | None, calibration) -> dict:
+    """provenance["export"]: how this export was made (fold, ONNX opset, int8 settings and data)."""
+    calibrated = calibration_set is not None
+    return {
+        "batchnorm_fold": fold_report,
+        "onnx_opset": _onnx_opset() if any(ARTIFACT_KINDS[f].format == "onnx" for f in formats) else None,
+        "quantization": quantization.to_dict() if calibrated else None,
+        "calibration_images": int(len(calibration_set.images)) if calibrated else 0,
+        "calibration_source": _calibration_source(calibration) if calibrated else None,
+    }
+
+
+def _calibration_source(calibration) -> str:
+    """Where the int8 representative images came from, in words."""
+    if calibration is None:
+        return "run training images"
+    return "given array" if isinstance(calibration, np.ndarray) else str(calibration)
+
+
+def _convert_artifacts(staging: Path, formats: tuple[str, ...], folded, calibration_set: Calibration | None,
+                       info: RunInfo, provenance: dict) -> tuple[dict[str, Artifact], dict[str, dict]]:
+    """Every artifact converted into `staging`, by file name, and the precision-search recipes of those
+    that have one. All are written before any is checked: the Bundle the checks run needs them all."""
+    artifacts, recipes = {}, {}
+    for fmt in formats:
+        kind = ARTIFACT_KINDS[fmt]
+        artifacts[kind.file], recipe = _convert_artifact(staging, kind, folded, calibration_set, info, provenance)
+        if recipe is not None:
+            recipes[kind.file] = recipe
+    return artifacts, recipes
+
+
+def _convert_artifact(staging: Path, kind: ArtifactKind, folded, calibration_set: Calibration | None,
+                      info: RunInfo, provenance: dict) -> tuple[Artifact, dict | None]:
+    """One artifact written to `staging` with its embedded metadata, and its recipe (or None)."""
+    log.info("converting %s", kind.file)
+    recipe = None
+    if kind.calibrated:
+        content, recipe = kind.convert(folded, calibration_set, kind.min_agreement)
+    else:
+        content = kind.convert(folded)
+    path = staging / kind.file
+    # Written twice: the metadata embedded in the file describes its tensors, which are read from the
+    # converted file; the final Artifact keeps those specs and hashes the file with its metadata.
+    path.write_bytes(content)
+    draft = Artifact.from_file(path, kind.format, kind.precision)  # tensor types as the file declares
+    path.write_bytes(_embed(kind.format, content, embedded_metadata(info, draft, provenance)))
+    return Artifact.from_file(path, kind.format, kind.precision, input=draft.input, output=draft.output), recipe
+
+
+def _check_artifacts(bundle: Bundle, formats: tuple[str, ...], recipes: dict[str, dict], images: np.ndarray,
+                     labels: np.ndarray, reference: np.ndarray, golden_index: np.ndarray, threads: int | None,
+                     quantization: QuantizationConfig, result: ExportResult) -> dict[str, np.ndarray]:
+    """Run every artifact of `bundle` through the runtime's Classifier: its metrics go into the bundle and
+    `result` (a failed gate into result.failed); returns each artifact's answers on the golden images."""
+    from edgevision.runtime.classifier import Classifier
+
+    golden_answers = {}
+    for fmt in formats:
+        kind = ARTIFACT_KINDS[fmt]
+        log.info("checking %s against the trained model", kind.file)
+        classifier = Classifier(bundle, artifact=kind.file, threads=threads)
+        metrics = _parity(classifier, images, labels, reference)
+        golden_answers[kind.file] = golden_probs(classifier, images[golden_index])
+        _add_gate_metrics(metrics, kind, threads, recipes.get(kind.file))
+        bundle.artifacts[kind.file] = replace(bundle.artifacts[kind.file], metrics=metrics)
+        result.metrics[kind.file] = metrics
+        if not metrics["passed"]:
+            result.failed.append(_failure_message(kind.file, kind, metrics, quantization))
+    return golden_answers
+
+
+def _add_gate_metrics(metrics: dict, kind: ArtifactKind, threads: int | None, recipe: dict | None) -> None:
+    """Complete an artifact's parity metrics: latency threads, the gate and whether it passed, the
+    precision search's recipe, and a warning when the held-out set is too small to judge the gate."""
+    metrics["latency_threads"] = threads or usable_cpus()
+    metrics["min_agreement"] = kind.min_agreement
+    if recipe is not None:
+        metrics["precision_search"] = recipe
+    metrics["passed"] = metrics["agreement"] >= kind.min_agreement
+    # Warn when the interval is wider than a point either way (or half the room the gate leaves):
+    # a set that cannot tell the gate from a point below it. A gate of 0 or 1 has no interval.
+    gate, total = kind.min_agreement, metrics["heldout_images"]
+    warning = (too_few_warning(total, gate)
+               if 0 < gate < 1 and total < images_needed(gate, max((1 - gate) / 2, 0.01)) else None)
+    if warning:
+        metrics["too_few_images"] = warning
+        log.warning("%s: %s", kind.file, warning)
+
+
+def _write_outputs(staging: Path, bundle: Bundle, info: RunInfo, golden_images: np.ndarray,
+                   golden_labels: np.ndarray, golden_answers: dict[str, np.ndarray]) -> None:
+    """The golden set, then bundle.json (which names the golden file), then report.md, into `staging`."""
+    write_golden(staging, golden_images, golden_labels, golden_answers)
+    bundle.golden = golden_entry(staging, list(golden_answers), computed_on())
+    bundle.write()
+    _write_report(staging, bundle, info)
 
 
 def _onnx_opset() -> int:
