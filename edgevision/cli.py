@@ -34,14 +34,9 @@ class CLIError(Exception):
 
 
 def _add_train(sub) -> None:
-    from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES
-    from edgevision.train.affine import FILL_MODES
-    from edgevision.train.augment import PRESETS
-    from edgevision.train.decode_pool import DECODERS
-    from edgevision.train.distribute import DISTRIBUTE_MODES
-    from edgevision.train.model import BACKBONES, TRANSFER_MODES
-    from edgevision.train.trainer import CLASS_WEIGHT_MODES, DATA_IN_MEMORY_MODES, KEEP_MODES, LR_SCHEDULES
-
+    # The helpers only split the code: they add to the same two --help sections (options, augmentation)
+    # in the order the options have always had, because argparse prints them, and the usage line, in
+    # the order they were added.
     p = sub.add_parser(
         "train", help=COMMAND_HELP["train"],
         description="Train a classifier on DATA_DIR (one subfolder per class, or train/ val/ test/ splits "
@@ -50,6 +45,23 @@ def _add_train(sub) -> None:
     )
     p.add_argument("data_dir", metavar="DATA_DIR", help="image folder: one subfolder per class")
     p.add_argument("--out", help="run folder to write (required unless --preview)")
+    _add_train_model_options(p)
+    _add_train_schedule_options(p)
+    _add_train_data_options(p)
+    _add_train_augmentation_options(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run writing --out from its last finished epoch (same options)")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+    _add_train_performance_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _add_train_model_options(p) -> None:
+    """The network: backbone, its width and input size, pretrained weights, transfer mode and head."""
+    from edgevision.train.model import BACKBONES, TRANSFER_MODES  # the registry is the one list of choices
+
     p.add_argument("--backbone", default="mobilenet_v2", choices=sorted(BACKBONES), help="backbone network")
     p.add_argument("--alpha", type=float, default=None,
                    help="width multiplier of the backbone (default: the backbone's, 0.35 for mobilenet_v2)")
@@ -62,6 +74,12 @@ def _add_train(sub) -> None:
     p.add_argument("--head-units", type=int, default=256,
                    help="width of the head's hidden layer (Dense -> BatchNorm -> ReLU; default 256)")
     p.add_argument("--dropout", type=float, default=0.2, help="dropout rate before the softmax layer (default 0.2)")
+
+
+def _add_train_schedule_options(p) -> None:
+    """How long and how fast each phase trains, the loss, and which epoch's weights the run keeps."""
+    from edgevision.train.trainer import CLASS_WEIGHT_MODES, KEEP_MODES, LR_SCHEDULES
+
     p.add_argument("--epochs", type=int, default=10, help="epochs (mode finetune: of the head phase; default 10)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
@@ -82,11 +100,25 @@ def _add_train(sub) -> None:
                    help="stop a phase after this many epochs without a better validation accuracy (default: never)")
     p.add_argument("--class-weights", default="none", choices=CLASS_WEIGHT_MODES,
                    help="balanced: weigh each class inversely to its number of training images")
+
+
+def _add_train_data_options(p) -> None:
+    """The seed, how DATA_DIR is split when it has no split folders, and how pictures fit the input."""
+    from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES  # the runtime's one preprocessing
+
     p.add_argument("--seed", type=int, default=0, help="seeds the split, initialisation, order and augmentation")
     p.add_argument("--val-fraction", type=float, default=0.15, help="held out for validation when DATA_DIR has no splits")
     p.add_argument("--test-fraction", type=float, default=0.15, help="held out for testing when DATA_DIR has no splits")
     p.add_argument("--resize", default="center_crop", choices=RESIZE_MODES, help="how pictures are fitted to the input")
     p.add_argument("--interpolation", default="linear", choices=sorted(INTERPOLATIONS))
+
+
+def _add_train_augmentation_options(p) -> None:
+    """A group of its own in --help. The per-option defaults are None so that _cmd_train can tell an
+    option that was given (it overrides the preset) from one that was not."""
+    from edgevision.train.affine import FILL_MODES
+    from edgevision.train.augment import PRESETS
+
     a = p.add_argument_group("augmentation (training images only; options override the --augment preset)")
     a.add_argument("--augment", default="none", choices=PRESETS, help="preset to start from (default none)")
     a.add_argument("--rotation", type=float, help="degrees, uniform in [-R, R]")
@@ -105,9 +137,15 @@ def _add_train(sub) -> None:
     a.add_argument("--crop", type=float, help="random crop: fraction of each side cut away, resized back")
     a.add_argument("--preview", metavar="PNG",
                    help="write a grid of augmented training images to PNG and exit without training")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run writing --out from its last finished epoch (same options)")
-    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard logs")
+
+
+def _add_train_performance_options(p) -> None:
+    """How fast a run goes: compute precision, devices, and how images are decoded (of these, only
+    --workers and --decoder may differ on --resume: they do not change what is trained)."""
+    from edgevision.train.decode_pool import DECODERS
+    from edgevision.train.distribute import DISTRIBUTE_MODES
+    from edgevision.train.trainer import DATA_IN_MEMORY_MODES
+
     p.add_argument("--mixed-precision", action="store_true",
                    help="bf16 compute (Keras' mixed_bfloat16 policy); the saved model stays float32")
     p.add_argument("--distribute", default="auto", choices=DISTRIBUTE_MODES,
@@ -121,9 +159,6 @@ def _add_train(sub) -> None:
     p.add_argument("--decoder", default="auto", choices=DECODERS,
                    help="streamed images are decoded in threads or in separate processes, which keep scaling on "
                         "many cores (auto: processes from 8 usable cores)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_cmd_train)
 
 
 # CLI flag -> AugmentConfig field

@@ -646,14 +646,8 @@ def load_image_folder(
     path). Unusable files are listed in ``Dataset.skipped`` and summarized in one logging warning.
     Raises DatasetError naming the offending path and what is allowed.
     """
-    if not isinstance(policy, PreprocessPolicy):
-        raise TypeError(f"policy must be a PreprocessPolicy, got {type(policy).__name__}")
-    _check_options(val_fraction, test_fraction, seed)
-    if workers is None:
-        workers = default_workers()
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise DatasetError(f"workers must be a positive integer or None, got {workers!r}")
-
+    # Options and layout first: both fail in milliseconds, before any picture is decoded.
+    workers = _check_load_options(policy, val_fraction, test_fraction, seed, workers)
     root = os.path.abspath(os.fspath(root))
     _check_root(root)
     skipped: list[SkippedFile] = []
@@ -661,12 +655,48 @@ def load_image_folder(
 
     paths = [path for path, _, _ in files]
     labels = np.array([label for _, label, _ in files], dtype=np.int64)
-    images, ok, sizes, reasons = _decode_all(paths, policy, int(workers), progress)
+    images, ok, sizes, reasons = _decode_all(paths, policy, workers, progress)
     for index in np.flatnonzero(~ok):
         skipped.append(SkippedFile(paths[index], reasons[index] or "could not be decoded"))
+    _check_every_class_usable(root, files, classes, explicit, class_dirs, labels, ok, skipped)
+    _warn_skipped(root, skipped)
 
-    # Every class folder must keep at least one usable picture.
-    if explicit:
+    # The seeded draw counts usable pictures only, so a corrupt file never leaves a split short.
+    assigned = _assign_splits(files, classes, explicit, ok, val_fraction, test_fraction, seed)
+    splits = _decoded_splits(paths, labels, images, ok, assigned, policy)
+    del images  # the splits hold their own copies; drop the staging array
+    file_sizes = {paths[i]: sizes[i] for i in np.flatnonzero(ok)}
+    return Dataset(
+        root=root,
+        labels=list(classes),
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        skipped=skipped,
+        explicit_splits=explicit,
+        file_sizes=file_sizes,
+    )
+
+
+def _check_load_options(policy: PreprocessPolicy, val_fraction: float, test_fraction: float, seed: int,
+                        workers: int | None) -> int:
+    """Check the options of :func:`load_image_folder`; returns the number of decode threads."""
+    if not isinstance(policy, PreprocessPolicy):
+        raise TypeError(f"policy must be a PreprocessPolicy, got {type(policy).__name__}")
+    _check_options(val_fraction, test_fraction, seed)
+    if workers is None:
+        workers = default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise DatasetError(f"workers must be a positive integer or None, got {workers!r}")
+    return int(workers)
+
+
+def _check_every_class_usable(root: str, files: list, classes: list[str], explicit: bool,
+                              class_dirs: dict[str, str], labels: np.ndarray, ok: np.ndarray,
+                              skipped: list[SkippedFile]) -> None:
+    """Every class folder must keep at least one usable picture: a class without one cannot be learnt,
+    and the error says which files were skipped there and why."""
+    if explicit:  # every split's class folder counts on its own (train/cat and val/cat)
         per_folder = {folder: 0 for folder in class_dirs}
         for index, (path, _, _) in enumerate(files):
             if ok[index]:
@@ -687,10 +717,11 @@ def load_image_folder(
             f"{_ALLOWED}{detail}"
         )
 
-    _warn_skipped(root, skipped)
 
-    assigned = _assign_splits(files, classes, explicit, ok, val_fraction, test_fraction, seed)
-
+def _decoded_splits(paths: list[str], labels: np.ndarray, images: np.ndarray, ok: np.ndarray,
+                    assigned: np.ndarray, policy: PreprocessPolicy) -> dict[str, Split]:
+    """The usable pictures of each split, copied out of the staging array; an empty split is still a
+    (0, H, W, 3) array, so callers never special-case it."""
     splits = {}
     for name in _SPLIT_NAMES:
         members = np.flatnonzero(ok & (assigned == name))
@@ -700,18 +731,7 @@ def load_image_folder(
             splits[name] = Split(
                 paths=[paths[i] for i in members], labels=labels[members], images=images[members]
             )
-    del images  # the splits hold their own copies; drop the staging array
-    file_sizes = {paths[i]: sizes[i] for i in np.flatnonzero(ok)}
-    return Dataset(
-        root=root,
-        labels=list(classes),
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        skipped=skipped,
-        explicit_splits=explicit,
-        file_sizes=file_sizes,
-    )
+    return splits
 
 
 def _inside(path: str, folder: str) -> bool:

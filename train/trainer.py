@@ -25,7 +25,7 @@ from edgevision.runtime.atomic import atomic_directory, check_output_folder, ref
 from edgevision.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES, PreprocessPolicy
 
 from .augment import AugmentConfig
-from .checkpoint import STATE_FILE, RunState, assign_arrays, load_checkpoint, restore_best, work_dir
+from .checkpoint import STATE_FILE, Checkpoint, RunState, assign_arrays, load_checkpoint, restore_best, work_dir
 from .dataset import SKIPPED_FILE, Dataset, DatasetIndex, index_image_folder, load_image_folder, skipped_report
 from .decode_pool import DECODERS
 from .distribute import DISTRIBUTE_MODES
@@ -218,16 +218,11 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     run that was writing `out_dir` from its last finished epoch."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    check_output_folder(out_dir, overwrite)  # fail before spending minutes on training
-    refuse_inputs(out_dir, [data_dir])  # --overwrite must never delete the photos it trains on
-    work = work_dir(out_dir)
-    if resume and not (work / STATE_FILE).is_file():
-        raise FileNotFoundError(f"Nothing to resume for '{out_dir}': no checkpoint in '{work}' "
-                                "(a run writes one after every epoch; start it without --resume)")
+    work = _check_destination(data_dir, out_dir, overwrite, resume)
     # Listing the folder finds a missing or badly laid out one in milliseconds, before the training stack
     # (seconds to import) and before minutes of decoding.
     index = index_folder(data_dir, config)
-    from .distribute import float32_copy, float32_output, precision, resolve_devices
+    from .distribute import resolve_devices
 
     devices = resolve_devices(config.distribute, config.batch_size)  # before minutes of image loading
     dataset = _load_data(index, config, progress)
@@ -235,14 +230,55 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
     heldout_split = "test" if len(dataset.test) else "val"
     heldout = dataset.heldout()
     record, fingerprint = config.to_dict(), dataset.fingerprint()
+    checkpoint = _checkpoint_to_continue(work, resume, record, fingerprint)
+    classifier, state, kept_epoch = _train_classifier(dataset, config, devices, work, checkpoint, record,
+                                                      fingerprint, progress)
+    classifier, predicted, heldout = _finish_classifier(classifier, dataset, heldout, config)
+    heldout_accuracy = float(np.mean(predicted == heldout.labels)) if len(heldout) else float("nan")
+    best_epoch = state.monitor.get("best_epoch") if len(dataset.val) else None
+    info = _run_info(dataset, config, record, state, heldout, heldout_split, heldout_accuracy, best_epoch,
+                     kept_epoch)
+    _write_run(out_dir, data_dir, overwrite, work, classifier, info, state, dataset, heldout, predicted,
+               heldout_split)
+    shutil.rmtree(work, ignore_errors=True)
+    return TrainResult(
+        run_dir=out_dir, labels=dataset.labels, heldout_accuracy=heldout_accuracy, heldout_split=heldout_split,
+        heldout_count=len(heldout), skipped=len(dataset.skipped), seconds=time.perf_counter() - started,
+        epochs=state.epoch, best_epoch=best_epoch if kept_epoch == best_epoch else None, resumed_at=list(state.resumed_at),
+    )
+
+
+def _check_destination(data_dir, out_dir: Path, overwrite: bool, resume: bool) -> Path:
+    """The checks that need no data: fail before spending minutes on loading and training. Returns the
+    work folder (checkpoints and live logs)."""
+    check_output_folder(out_dir, overwrite)
+    refuse_inputs(out_dir, [data_dir])  # --overwrite must never delete the photos it trains on
+    work = work_dir(out_dir)
+    if resume and not (work / STATE_FILE).is_file():
+        raise FileNotFoundError(f"Nothing to resume for '{out_dir}': no checkpoint in '{work}' "
+                                "(a run writes one after every epoch; start it without --resume)")
+    return work
+
+
+def _checkpoint_to_continue(work: Path, resume: bool, record: dict, fingerprint: str) -> Checkpoint | None:
+    """With `resume`, the checkpoint, once checked against these options and this folder. Without it, a
+    leftover checkpoint is deleted: a fresh run must never mix in an older run's epochs."""
     checkpoint = load_checkpoint(work) if resume else None
     if checkpoint is not None:
         _check_resumable(checkpoint.state, record, fingerprint, work)
     elif work.exists():
         log.warning("Discarding the checkpoint of an unfinished earlier run in '%s' (pass --resume to continue it)", work)
         shutil.rmtree(work)
+    return checkpoint
 
+
+def _train_classifier(dataset: Dataset | StreamedDataset, config: TrainConfig, devices, work: Path, checkpoint,
+                      record: dict, fingerprint: str, progress: bool) -> tuple:
+    """Build (or restore) the model, run the phases that are left and load the weights to keep.
+    Returns (classifier, run state, kept epoch)."""
     import keras
+
+    from .distribute import float32_output, precision
 
     # Variables are created inside the distribution scope (replicated on every device) and layers
     # under the precision policy; both end with training.
@@ -252,13 +288,7 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
         if config.mixed_precision:
             float32_output(classifier)
         trained = training_model(classifier, config)
-        state = checkpoint.state if checkpoint else RunState(config=record, fingerprint=fingerprint)
-        if checkpoint is not None:
-            assign_arrays(trained.variables, checkpoint.model_paths, checkpoint.model_arrays, "model")
-            checkpoint.restore_rng()
-            state.resumed_at.append(state.epoch)
-            if progress:
-                print(f"Resuming from the checkpoint after epoch {state.epoch} in {work}")
+        state = _run_state(trained, checkpoint, record, fingerprint, work, progress)
         # Only once the model is built: a run whose weights cannot be had leaves no folder behind.
         work.mkdir(parents=True, exist_ok=True)
         log.info("checkpoints and live TensorBoard logs: %s", work)
@@ -266,15 +296,40 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
                     devices.count)
 
         kept_epoch = keep_weights(config.keep, classifier, work, state, bool(len(dataset.val)))
+    return classifier, state, kept_epoch
+
+
+def _run_state(trained, checkpoint, record: dict, fingerprint: str, work: Path, progress: bool) -> RunState:
+    """A fresh state, or the checkpoint's with its weights and random generators restored into place."""
+    if checkpoint is None:
+        return RunState(config=record, fingerprint=fingerprint)
+    state = checkpoint.state
+    assign_arrays(trained.variables, checkpoint.model_paths, checkpoint.model_arrays, "model")
+    checkpoint.restore_rng()
+    state.resumed_at.append(state.epoch)
+    if progress:
+        print(f"Resuming from the checkpoint after epoch {state.epoch} in {work}")
+    return state
+
+
+def _finish_classifier(classifier, dataset: Dataset | StreamedDataset, heldout, config: TrainConfig) -> tuple:
+    """The classifier as export will read it, and its answers on the held-out images. Returns
+    (classifier, predicted classes, the held-out split they belong to)."""
+    from .distribute import float32_copy
+
     if config.mixed_precision:
         classifier = float32_copy(classifier)  # export and the runtime expect float32 in and out
     # Deterministic preprocessing: the classifier alone, never the augmentation in front of it.
     batch = max(config.batch_size, 32)
     recalibrate_batchnorm(classifier, dataset.calibration_images(batch, _RECALIBRATION_BATCHES), batch_size=batch)
     predicted, heldout = dataset.predict_heldout(classifier, heldout)
-    heldout_accuracy = float(np.mean(predicted == heldout.labels)) if len(heldout) else float("nan")
-    best_epoch = state.monitor.get("best_epoch") if len(dataset.val) else None
-    info = RunInfo(
+    return classifier, predicted, heldout
+
+
+def _run_info(dataset: Dataset | StreamedDataset, config: TrainConfig, record: dict, state: RunState, heldout,
+              heldout_split: str, heldout_accuracy: float, best_epoch: int | None, kept_epoch: int) -> RunInfo:
+    """What run.json records: everything export needs to rebuild the preprocessing and check parity."""
+    return RunInfo(
         labels=dataset.labels,
         preprocess=config.policy,
         model=config.model.to_dict(),
@@ -292,6 +347,11 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
         history=state.history,
         versions=_versions(),
     )
+
+
+def _write_run(out_dir: Path, data_dir, overwrite: bool, work: Path, classifier, info: RunInfo, state: RunState,
+               dataset: Dataset | StreamedDataset, heldout, predicted: np.ndarray, heldout_split: str) -> None:
+    """Write the run folder atomically: a run killed while writing leaves no half-written folder."""
     from .report import write_report
 
     with atomic_directory(out_dir, overwrite=overwrite, inputs=[data_dir]) as staging:
@@ -302,12 +362,6 @@ def train(data_dir: str | os.PathLike, out_dir: str | os.PathLike, config: Train
             (staging / SKIPPED_FILE).write_text(skipped_report(dataset.skipped), encoding="utf-8")
         if (work / LOGS_DIR).is_dir():
             shutil.copytree(work / LOGS_DIR, staging / LOGS_DIR)
-    shutil.rmtree(work, ignore_errors=True)
-    return TrainResult(
-        run_dir=out_dir, labels=dataset.labels, heldout_accuracy=heldout_accuracy, heldout_split=heldout_split,
-        heldout_count=len(heldout), skipped=len(dataset.skipped), seconds=time.perf_counter() - started,
-        epochs=state.epoch, best_epoch=best_epoch if kept_epoch == best_epoch else None, resumed_at=list(state.resumed_at),
-    )
 
 
 def keep_weights(keep: str, classifier, work: Path, state: RunState, has_validation: bool) -> int:
@@ -325,30 +379,20 @@ def keep_weights(keep: str, classifier, work: Path, state: RunState, has_validat
 def _fit_phases(trained, classifier, dataset: Dataset | StreamedDataset, config: TrainConfig, state: RunState, work: Path,
                 checkpoint, progress: bool, device_count: int = 1) -> None:
     """Run the phases that are left, from `state` (a fresh state starts at phase 0, epoch 0)."""
-    import keras
-
     from .callbacks import EpochEnd, Monitor
-    from .distribute import ValidationPadding, pad_batches, padded_validation
-    from .optim import classification_loss, learning_rate
     from .tensorboard import ScalarWriter
 
     weights = class_weights(dataset.train.labels, len(dataset.labels), config.class_weights)
     steps = math.ceil(len(dataset.train) / config.batch_size)
-    validation = dataset.validation_data(config.batch_size, pad_multiple=device_count)
-    corrections = []
-    if validation is not None and device_count > 1:  # every batch must split evenly over the devices
-        if isinstance(validation, tuple):
-            validation, padding = padded_validation(*validation, device_count)
-        else:  # a stream pads its own batches, with copies of weight 0
-            padding = ValidationPadding.of_stream(validation, len(dataset.val))
-        corrections.append(padding.callback())
-    corrections += dataset.training_callbacks()
+    validation, corrections = _validation_data(dataset, config.batch_size, device_count)
     if validation is None and config.patience is not None:
         log.warning("No validation images: early stopping watches the training accuracy")
     monitor = Monitor(**state.monitor) if state.monitor else Monitor(
         "val_accuracy" if validation else "accuracy", config.patience)
     writers = ({name: ScalarWriter(work / LOGS_DIR / name) for name in ("train", "validation")}
                if config.tensorboard else None)
+    # A checkpoint from a phase that ended (last epoch, or early stopping) resumes with the next phase;
+    # any other, inside its own.
     mid_phase = checkpoint is not None and not state.phase_done
     first = (state.phase + (0 if mid_phase else 1)) if checkpoint is not None else 0
     epoch = state.epoch
@@ -356,18 +400,9 @@ def _fit_phases(trained, classifier, dataset: Dataset | StreamedDataset, config:
         for index, phase in enumerate(config.phases()):
             if index < first:
                 continue
-            if phase.name == "finetune":
-                unfreeze(classifier, config.model)
-            for layer in trainable_batchnorms(classifier):
-                layer.momentum = momentum_for(steps)
-            rate = learning_rate(phase.learning_rate, config.lr_schedule, phase.epochs, steps)
-            trained.compile(optimizer=keras.optimizers.Adam(rate), loss=classification_loss(config.label_smoothing),
-                            metrics=["accuracy"])
+            _compile_phase(trained, classifier, phase, config, steps)
             if mid_phase and index == state.phase:
-                # The optimizer's moments and step count continue too, not just the weights.
-                trained.optimizer.build(trained.trainable_variables)
-                assign_arrays(trained.optimizer.variables, checkpoint.optimizer_paths, checkpoint.optimizer_arrays,
-                              "optimizer")
+                _restore_optimizer(trained, checkpoint)
                 phase_start = state.phase_start
             else:
                 phase_start = epoch
@@ -376,21 +411,69 @@ def _fit_phases(trained, classifier, dataset: Dataset | StreamedDataset, config:
             if progress and len(config.phases()) > 1:
                 print(f"Phase {index + 1}/{len(config.phases())} ({phase.name}): epochs {epoch + 1}-{phase_end}, "
                       f"learning rate {phase.learning_rate:g}")
-            stream = dataset.training_batches(config.batch_size, config.seed, epoch, weights)
-            batches = pad_batches(stream, device_count) if device_count > 1 else stream
-            try:
-                trained.fit(
-                    batches, steps_per_epoch=steps, initial_epoch=epoch, epochs=phase_end,
-                    validation_data=validation, shuffle=False,  # the batches are already in their seeded order
-                    callbacks=[*corrections,
-                               EpochEnd(state, monitor, classifier, work, index, phase_start, phase_end, writers)],
-                    verbose=1 if progress else 0,
-                )
-            finally:
-                _close_stream(stream)
+            callbacks = [*corrections,
+                         EpochEnd(state, monitor, classifier, work, index, phase_start, phase_end, writers)]
+            _fit_phase(trained, dataset, config, weights, steps, epoch, phase_end, validation, callbacks,
+                       device_count, progress)
             epoch = state.epoch
     finally:
         _close_stream(validation)
+
+
+def _validation_data(dataset: Dataset | StreamedDataset, batch_size: int, device_count: int) -> tuple:
+    """(validation data or None, the callbacks that correct the metrics for how it was fed). Over several
+    devices every batch must split evenly, so validation is padded and the padding taken out again."""
+    from .distribute import ValidationPadding, padded_validation
+
+    validation = dataset.validation_data(batch_size, pad_multiple=device_count)
+    corrections = []
+    if validation is not None and device_count > 1:
+        if isinstance(validation, tuple):
+            validation, padding = padded_validation(*validation, device_count)
+        else:  # a stream pads its own batches, with copies of weight 0
+            padding = ValidationPadding.of_stream(validation, len(dataset.val))
+        corrections.append(padding.callback())
+    corrections += dataset.training_callbacks()
+    return validation, corrections
+
+
+def _compile_phase(trained, classifier, phase: Phase, config: TrainConfig, steps: int) -> None:
+    """Set what the phase trains and compile a fresh optimizer for its learning rate."""
+    import keras
+
+    from .optim import classification_loss, learning_rate
+
+    if phase.name == "finetune":
+        unfreeze(classifier, config.model)
+    for layer in trainable_batchnorms(classifier):
+        layer.momentum = momentum_for(steps)
+    rate = learning_rate(phase.learning_rate, config.lr_schedule, phase.epochs, steps)
+    trained.compile(optimizer=keras.optimizers.Adam(rate), loss=classification_loss(config.label_smoothing),
+                    metrics=["accuracy"])
+
+
+def _restore_optimizer(trained, checkpoint: Checkpoint) -> None:
+    """Resuming inside a phase: the optimizer's moments and step count continue too, not just the weights."""
+    trained.optimizer.build(trained.trainable_variables)
+    assign_arrays(trained.optimizer.variables, checkpoint.optimizer_paths, checkpoint.optimizer_arrays,
+                  "optimizer")
+
+
+def _fit_phase(trained, dataset: Dataset | StreamedDataset, config: TrainConfig, weights, steps: int, epoch: int,
+               phase_end: int, validation, callbacks: list, device_count: int, progress: bool) -> None:
+    """Train from `epoch` to `phase_end` on a fresh stream of seeded batches, closed however fit ends."""
+    from .distribute import pad_batches
+
+    stream = dataset.training_batches(config.batch_size, config.seed, epoch, weights)
+    batches = pad_batches(stream, device_count) if device_count > 1 else stream
+    try:
+        trained.fit(
+            batches, steps_per_epoch=steps, initial_epoch=epoch, epochs=phase_end,
+            validation_data=validation, shuffle=False,  # the batches are already in their seeded order
+            callbacks=callbacks, verbose=1 if progress else 0,
+        )
+    finally:
+        _close_stream(stream)
 
 
 def preview_augmentation(data_dir: str | os.PathLike, path: str | os.PathLike, config: TrainConfig, *,
