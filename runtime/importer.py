@@ -464,10 +464,6 @@ def import_model(model: str | os.PathLike, out_dir: str | os.PathLike, options: 
                  overwrite: bool = False) -> ImportResult:
     """Make a bundle in `out_dir` from a .tflite or .onnx classifier; ModelImportError (a ValueError) naming
     the problem when the file or the options cannot make one, before anything is written."""
-    from .classifier import Classifier
-    from .engines import open_engine
-    from .golden import computed_on, golden_entry, golden_probs, write_golden
-
     options = options or ImportOptions()
     path, out_dir = Path(model), Path(out_dir)
     fmt = _check_model_file(path)
@@ -476,13 +472,11 @@ def import_model(model: str | os.PathLike, out_dir: str | os.PathLike, options: 
     check_output_folder(out_dir, overwrite)
     content = path.read_bytes()
     facts = _read_tflite_facts(path, content) if fmt == "tflite" else _read_onnx_facts(path)
+    # Everything the file and the flags say, reconciled (or refused) before the model runs.
     precision = _precision(path, facts, options.precision)
     layout = _layout(path, facts, options.layout)
     height, width = _input_size(path, facts, layout, options.input_size)
-    if len(facts.output_shape) != 2 or _dim(facts.output_shape[-1]) is None:
-        raise ModelImportError(f"'{path}' gives output of shape {facts.output_shape}; a classifier gives (batch, classes)")
-    classes = int(facts.output_shape[-1])
-    labels = _labels(path, facts, options.labels, classes)
+    labels = _labels(path, facts, options.labels, _classes(path, facts))
     if options.resize not in RESIZE_MODES:
         raise ModelImportError(f"--resize {options.resize!r} is invalid; use {' or '.join(RESIZE_MODES)}")
     policy = PreprocessPolicy(height, width, resize=options.resize)
@@ -490,38 +484,58 @@ def import_model(model: str | os.PathLike, out_dir: str | os.PathLike, options: 
                                normalization=_decide_normalization(path, facts, options))
     images = (folder_images(Path(options.golden_images), policy) if options.golden_images
               else synthetic_images(GOLDEN_IMAGES, height, width))
-    file_name = artifact_file(fmt, precision)
     sha = hashlib.sha256(content).hexdigest()
-    artifact = Artifact(file=file_name, format=fmt, precision=precision, sha256=sha, bytes=len(content),
-                        input=_tensor_spec(facts.input_dtype, facts.input_scale, facts.input_zero_point),
+    artifact = Artifact(file=artifact_file(fmt, precision), format=fmt, precision=precision, sha256=sha,
+                        bytes=len(content), input=_tensor_spec(facts.input_dtype, facts.input_scale,
+                                                               facts.input_zero_point),
                         output=_tensor_spec(facts.output_dtype, facts.output_scale, facts.output_zero_point),
                         metrics={"imported": True})
-    # Run the file as it is once to see what its output is (probabilities or logits).
-    try:
-        probe = open_engine(path, artifact, threads=None, interface=interface)
-        raw = np.concatenate([probe.run(images[i : i + 1]) for i in range(len(images))])
-    except (RuntimeError, ValueError) as bad:
-        raise ModelImportError(f"'{path}' does not run as described: {bad}") from None
-    kind, why = _output_kind(path, facts, options.output, raw)
+    kind, why = _output_kind(path, facts, options.output, _probe(path, artifact, interface, images))
     interface = replace(interface, output=kind)
     provenance = {"imported": {"file": path.name, "sha256": sha, "format": fmt, "read_from_file": facts.said,
                                "output": why, "precision": precision,
                                "golden_images": str(options.golden_images) if options.golden_images else "synthetic"},
                   "versions": _versions()}
-    with atomic_directory(out_dir, overwrite=overwrite, inputs=[path]) as staging:
-        shutil.copyfile(path, staging / file_name)
-        if file_sha256(staging / file_name) != sha:
-            raise ModelImportError(f"'{path}' changed while it was being imported; try again")
-        bundle = Bundle(labels=labels, preprocess=policy, artifacts={file_name: artifact}, default_artifact=file_name,
-                        interface=interface, provenance=provenance, folder=staging)
-        classifier = Classifier(bundle, artifact=file_name)
-        probs = golden_probs(classifier, images)
-        write_golden(staging, images, probs.argmax(axis=1), {file_name: probs})
-        bundle.golden = golden_entry(staging, [file_name], computed_on())
-        bundle.write()
-    bundle.folder = out_dir
+    bundle = Bundle(labels=labels, preprocess=policy, artifacts={artifact.file: artifact},
+                    default_artifact=artifact.file, interface=interface, provenance=provenance)
+    _write_bundle(path, bundle, images, out_dir, overwrite)
     return ImportResult(bundle=bundle, out_dir=out_dir, facts=facts, interface=interface,
                         notes=[f"output: {kind} ({why})"])
+
+
+def _classes(path: Path, facts: ModelFacts) -> int:
+    if len(facts.output_shape) != 2 or _dim(facts.output_shape[-1]) is None:
+        raise ModelImportError(f"'{path}' gives output of shape {facts.output_shape}; a classifier gives (batch, classes)")
+    return int(facts.output_shape[-1])
+
+
+def _probe(path: Path, artifact: Artifact, interface: ModelInterface, images: np.ndarray) -> np.ndarray:
+    """The file's raw outputs on the golden images, one at a time (to tell probabilities from logits)."""
+    from .engines import open_engine
+
+    try:
+        engine = open_engine(path, artifact, threads=None, interface=interface)
+        return np.concatenate([engine.run(images[i : i + 1]) for i in range(len(images))])
+    except (RuntimeError, ValueError) as bad:
+        raise ModelImportError(f"'{path}' does not run as described: {bad}") from None
+
+
+def _write_bundle(path: Path, bundle: Bundle, images: np.ndarray, out_dir: Path, overwrite: bool) -> None:
+    """The model file, its golden answers on this machine and bundle.json, written atomically."""
+    from .classifier import Classifier
+    from .golden import computed_on, golden_entry, golden_probs, write_golden
+
+    name = bundle.default_artifact
+    with atomic_directory(out_dir, overwrite=overwrite, inputs=[path]) as staging:
+        shutil.copyfile(path, staging / name)
+        if file_sha256(staging / name) != bundle.artifacts[name].sha256:
+            raise ModelImportError(f"'{path}' changed while it was being imported; try again")
+        bundle.folder = staging
+        probs = golden_probs(Classifier(bundle, artifact=name), images)
+        write_golden(staging, images, probs.argmax(axis=1), {name: probs})
+        bundle.golden = golden_entry(staging, [name], computed_on())
+        bundle.write()
+    bundle.folder = out_dir
 
 
 def _check_model_file(path: Path) -> str:
