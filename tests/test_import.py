@@ -282,6 +282,19 @@ def test_the_cli_imports_and_run_evaluate_verify_accept_the_bundle(nchw_onnx, la
     assert lines[-1]["summary"]["frames"] == 4
 
 
+def test_an_imported_bundle_deploys(metadata_tflite, tmp_path):
+    """deploy keeps an imported artifact (it has no parity gate that failed) and its golden set, and the
+    deployed bundle verifies."""
+    from edgevision.deploy.folder import DeployConfig, deploy_folder
+
+    import_model(metadata_tflite[0], tmp_path / "bundle")
+    result = deploy_folder(tmp_path / "bundle", tmp_path / "deploy", DeployConfig("generic-x86-64"))
+    assert result.artifacts == ["model_fp32.tflite"]
+    deployed = Bundle.load(tmp_path / "deploy" / "bundle")
+    assert deployed.interface == Bundle.load(tmp_path / "bundle").interface
+    assert all(r.passed for r in verify_bundle(deployed))
+
+
 # ---------------------------------------------------------------- bad input: one clear line, nothing written
 
 
