@@ -66,38 +66,18 @@ def limited_data_settings(input_size: int | None = None) -> list[Setting]:
     ]
 
 
-def write_limited_data(root: Path, per_class: int, val_per_class: int, seed: int) -> Path:
-    """train/ (per_class a class) and val/ (val_per_class) from Fashion-MNIST's training set, test/ = all
-    10,000 test images; grey 28x28 pictures, upscaled and turned RGB by the one preprocessing path."""
-    from .sample_data import FASHION_MNIST_FOLDER_NAMES, fashion_mnist, take_per_class, write_image_folder
-
-    images, labels, _ = fashion_mnist("train")
-    chosen = take_per_class(labels, per_class + val_per_class, seed=seed)
-    rng = np.random.default_rng(seed)
-    train_idx, val_idx = [], []
-    for cls in range(len(FASHION_MNIST_FOLDER_NAMES)):
-        mine = rng.permutation(chosen[labels[chosen] == cls])
-        train_idx.extend(mine[:per_class])
-        val_idx.extend(mine[per_class:])
-    data = root / "data"
-    write_image_folder(images[train_idx], labels[train_idx], FASHION_MNIST_FOLDER_NAMES, data / "train")
-    write_image_folder(images[val_idx], labels[val_idx], FASHION_MNIST_FOLDER_NAMES, data / "val")
-    test_images, test_labels, _ = fashion_mnist("test")
-    write_image_folder(test_images, test_labels, FASHION_MNIST_FOLDER_NAMES, data / "test")
-    return data
-
-
 def limited_data(out: str | Path, *, per_class: int = 50, val_per_class: int = 10, input_size: int | None = None,
                  seed: int = 0, only: list[str] | None = None, say=print) -> list[dict]:
     """Train every setting with and without augmentation; returns (and writes out/results.json) one row
     per run with its test accuracy on all 10,000 Fashion-MNIST test images."""
+    from .sample_data import write_fashion_task
     from .trainer import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     if not data.exists():
-        write_limited_data(out, per_class, val_per_class, seed)
+        write_fashion_task(out / "data", per_class, val_per_class, seed)
     rows = []
     for setting in limited_data_settings(input_size):
         for augment_name, augment in (("no aug", AugmentConfig.none()), ("aug", CLOTHES_AUGMENT)):

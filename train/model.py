@@ -23,6 +23,11 @@ Transfer modes:
   top `fine_tune_blocks` blocks for phase two, at a lower learning rate. The backbone's BatchNorm
   layers stay frozen in inference mode throughout (see `unfreeze`).
 - "scratch": every weight trains from random initialisation.
+
+Besides the registry's backbones, `backbone` may name one of the small study models (small_models.py:
+"mlp", "small_cnn", "small_cnn_gap"; scratch only), which `edgevision.train.study` trains through the
+same `train()`. `batchnorm=False` removes the head's BatchNormalization (and a study model's), for the
+study's with/without-BatchNorm comparison.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import asdict, dataclass
 from edgevision.choices import choice_error
 
 from .backbones import BACKBONES, BackboneSpec, get_backbone
+from .small_models import SMALL_MODELS
 
 TRANSFER_MODES = ("head", "finetune", "scratch")
 # Modes that start from a frozen pretrained backbone.
@@ -40,7 +46,7 @@ PRETRAINED_MODES = ("head", "finetune")
 TORCH_WEIGHT_SUFFIXES = (".pth", ".pt")
 
 __all__ = [
-    "BACKBONES", "BackboneSpec", "ModelConfig", "PRETRAINED_MODES", "TRANSFER_MODES", "backbone_of",
+    "BACKBONES", "BackboneSpec", "ModelConfig", "PRETRAINED_MODES", "SMALL_MODELS", "TRANSFER_MODES", "backbone_of",
     "build_classifier", "momentum_for", "recalibrate_batchnorm", "trainable_batchnorms", "unfreeze",
 ]
 
@@ -61,9 +67,19 @@ class ModelConfig:
     head_units: int = 256
     # Mode "finetune" only: how many of the backbone's top blocks phase two unfreezes; None = all.
     fine_tune_blocks: int | None = None
+    # False: no BatchNormalization in the head (its Dense gets a bias) nor in a study model's features;
+    # a registry backbone keeps its own.
+    batchnorm: bool = True
 
     def __post_init__(self) -> None:
-        spec = get_backbone(self.backbone)
+        spec = model_spec(self.backbone)
+        if self.backbone in SMALL_MODELS and (self.weights != "none" or self.mode != "scratch"):
+            raise ValueError(
+                f"Study model {self.backbone!r} has no pretrained weights (weights={self.weights!r}, "
+                f"mode={self.mode!r}); use weights='none' and mode='scratch'"
+            )
+        if not isinstance(self.batchnorm, bool):
+            raise ValueError(f"batchnorm must be True or False, got {self.batchnorm!r}")
         if self.alpha is None:
             object.__setattr__(self, "alpha", spec.default_alpha)
         if self.alpha not in spec.alphas:
@@ -108,6 +124,16 @@ class ModelConfig:
         return asdict(self)
 
 
+def model_spec(name: str) -> BackboneSpec:
+    """The registry entry of a backbone, or the spec of a small study model; an unknown name gets both
+    lists and the closest match."""
+    if name in SMALL_MODELS:
+        return SMALL_MODELS[name].spec()
+    if name in BACKBONES:
+        return BACKBONES[name]
+    raise choice_error("backbone", name, [*BACKBONES, *SMALL_MODELS])
+
+
 def _check_blocks(n_blocks: object, spec: BackboneSpec) -> None:
     if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= spec.num_blocks:
         raise ValueError(
@@ -124,18 +150,24 @@ def build_classifier(config: ModelConfig, num_classes: int):
 
     if num_classes < 2:
         raise ValueError(f"A classifier needs at least 2 classes, got {num_classes}")
-    spec = BACKBONES[config.backbone]
+    spec = model_spec(config.backbone)
     size = config.input_size
     inputs = keras.Input((size, size, 3), dtype="float32", name="image")
     x = keras.layers.Rescaling(spec.scale, offset=spec.offset, name="normalize")(inputs)
-    backbone = spec.build(size, config.alpha, None if config.weights == "none" else config.weights)
+    if config.backbone in SMALL_MODELS:
+        backbone = SMALL_MODELS[config.backbone].build(size, batchnorm=config.batchnorm)
+    else:
+        backbone = spec.build(size, config.alpha, None if config.weights == "none" else config.weights)
     if config.mode in PRETRAINED_MODES:
         backbone.trainable = False
         x = backbone(x, training=False)
     else:
         x = backbone(x)
-    x = keras.layers.Dense(config.head_units, use_bias=False, name="head_dense")(x)  # the BN brings the bias
-    x = keras.layers.BatchNormalization(name="head_bn")(x)
+    if config.batchnorm:
+        x = keras.layers.Dense(config.head_units, use_bias=False, name="head_dense")(x)  # the BN brings the bias
+        x = keras.layers.BatchNormalization(name="head_bn")(x)
+    else:
+        x = keras.layers.Dense(config.head_units, name="head_dense")(x)
     x = keras.layers.ReLU(name="head_relu")(x)
     x = keras.layers.Dropout(config.dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)

@@ -52,6 +52,11 @@ def classification_report(y_true, y_pred, labels: list[str], split: str) -> dict
     }
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed); for other modules' plots (the study)."""
+    return _pyplot()
+
+
 def _pyplot():
     import matplotlib
 

@@ -318,3 +318,27 @@ def write_photo_folder(root: str | os.PathLike, count: int, size: tuple[int, int
     root = Path(root)
     write_image_folder(np.stack(pictures), np.asarray(labels), names, root, ext=".jpg", quality=quality)
     return root
+
+
+def write_fashion_task(folder: str | os.PathLike, per_class: int, val_per_class: int, seed: int,
+                       test_images: int = 10_000) -> Path:
+    """The Fashion-MNIST limited-data task as an image folder: train/ (per_class a class) and val/
+    (val_per_class) drawn from its training set, test/ = `test_images` drawn stratified from its 10,000
+    test images (all of them at 10,000); grey 28x28 pictures, which the one preprocessing path upscales
+    and turns RGB. Returns `folder`."""
+    folder = Path(folder)
+    images, labels, _ = fashion_mnist("train")
+    chosen = take_per_class(labels, per_class + val_per_class, seed=seed)
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for cls in range(len(FASHION_MNIST_FOLDER_NAMES)):
+        mine = rng.permutation(chosen[labels[chosen] == cls])
+        train_idx.extend(mine[:per_class])
+        val_idx.extend(mine[per_class:])
+    write_image_folder(images[train_idx], labels[train_idx], FASHION_MNIST_FOLDER_NAMES, folder / "train")
+    write_image_folder(images[val_idx], labels[val_idx], FASHION_MNIST_FOLDER_NAMES, folder / "val")
+    test_all, test_labels, _ = fashion_mnist("test")
+    test_idx = (take_per_class(test_labels, max(1, test_images // 10), seed=seed) if test_images < len(test_labels)
+                else np.arange(len(test_labels)))
+    write_image_folder(test_all[test_idx], test_labels[test_idx], FASHION_MNIST_FOLDER_NAMES, folder / "test")
+    return folder

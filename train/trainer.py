@@ -69,6 +69,9 @@ class TrainConfig:
     # "cosine": each phase warms up over its first epoch, then decays to 0 at its end (see optim.py).
     lr_schedule: str = "constant"
     label_smoothing: float = 0.0  # target (1 - s) for the true class, s / classes spread over all
+    # Momentum of the trainable BatchNorm layers' moving statistics; None: momentum_for(steps per epoch),
+    # which keeps them current on small datasets (Keras' 0.99 lags them by ~100 steps).
+    bn_momentum: float | None = None
     # Which epoch's weights model.keras holds: the "best" by validation accuracy (the last when there are
     # no validation images), or the "last" (what a decaying schedule is built for; a small validation
     # set's best is partly luck).
@@ -108,6 +111,9 @@ class TrainConfig:
             raise ValueError(f"Unknown learning-rate schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.bn_momentum is not None and not 0.0 < self.bn_momentum < 1.0:
+            raise ValueError(f"BatchNorm momentum must be in (0, 1) (or None: from the steps per epoch), "
+                             f"got {self.bn_momentum}")
         if self.keep not in KEEP_MODES:
             raise ValueError(f"Unknown keep {self.keep!r}; choose one of {', '.join(KEEP_MODES)}")
         if self.patience is not None and self.patience < 1:
@@ -445,8 +451,9 @@ def _compile_phase(trained, classifier, phase: Phase, config: TrainConfig, steps
 
     if phase.name == "finetune":
         unfreeze(classifier, config.model)
+    momentum = config.bn_momentum if config.bn_momentum is not None else momentum_for(steps)
     for layer in trainable_batchnorms(classifier):
-        layer.momentum = momentum_for(steps)
+        layer.momentum = momentum
     rate = learning_rate(phase.learning_rate, config.lr_schedule, phase.epochs, steps)
     trained.compile(optimizer=keras.optimizers.Adam(rate), loss=classification_loss(config.label_smoothing),
                     metrics=["accuracy"])
