@@ -15,7 +15,7 @@ bundle.json) and applied here, once per batch, in one vectorised step:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -91,7 +91,6 @@ class ModelInterface:
     channel_order: str = "RGB"
     normalization: Normalization | None = None  # None: inside the graph
     output: str = "probabilities"
-    notes: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for name, allowed in (("layout", LAYOUTS), ("channel_order", MODEL_CHANNEL_ORDERS), ("output", OUTPUT_KINDS)):

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 
 from edgevision.choices import choice_error
 
-from .backbones import BACKBONES, BackboneSpec, get_backbone
+from .backbones import BACKBONES, BackboneSpec
 from .small_models import SMALL_MODELS
 
 TRANSFER_MODES = ("head", "finetune", "scratch")
