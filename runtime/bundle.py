@@ -246,19 +246,13 @@ class Bundle:
         name = name or self.default_artifact
         if name in self.artifacts:
             return name
-        if name in ARTIFACT_NAMES and self._alias_key(name) is not None:
-            return self._alias_key(name)
-        raise BundleError(f"Unknown artifact {name!r}; this bundle has: {', '.join(self._names())}")
-
-    def _names(self) -> list[str]:
-        """Each artifact's key, with the kind name that also reaches it: "model_int8.tflite (tflite_int8)"."""
-        names = []
-        for key, artifact in self.artifacts.items():
-            alias = next((n for n, k in ARTIFACT_NAMES.items() if (k.format, k.precision) == (artifact.format,
-                          artifact.precision) and n not in self.artifacts), None)
-            reaches = alias is not None and self._alias_key(alias) == key
-            names.append(f"{key} ({alias})" if reaches else key)
-        return names
+        key = self._alias_key(name) if name in ARTIFACT_NAMES else None
+        if key is not None:
+            return key
+        # Each artifact's key, with the kind name that also reaches it: "model_int8.tflite (tflite_int8)".
+        aliases = {self._alias_key(alias): alias for alias in ARTIFACT_NAMES if alias not in self.artifacts}
+        have = ", ".join(f"{key} ({aliases[key]})" if key in aliases else key for key in self.artifacts)
+        raise BundleError(f"Unknown artifact {name!r}; this bundle has: {have}")
 
     def _alias_key(self, alias: str) -> str | None:
         kind = ARTIFACT_NAMES[alias]
