@@ -180,3 +180,31 @@ def test_seeded_parts_repeat_exactly(tmp_path):
                            say=lambda _: None)
         figures.append(record["claims"]["invariance"]["figures"])
     assert figures[0] == figures[1]
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_study_runs_on_a_users_folder(tmp_path):
+    """`--data DIR`: a folder of another shape (4 classes, 12 training images a class, fewer than the
+    quick scale's 20) runs the same claims; the small experiments use what every class has and say so."""
+    import shutil
+
+    from edgevision.train.sample_data import write_fashion_task
+    from edgevision.train.study import main
+
+    folder = write_fashion_task(tmp_path / "mine", per_class=12, val_per_class=3, seed=1, test_images=200)
+    for split in ("train", "val", "test"):
+        for extra in sorted(p for p in (folder / split).iterdir())[4:]:
+            shutil.rmtree(extra)
+    out = tmp_path / "study"
+    assert main(["--out", str(out), "--quick", "--data", str(folder), "--claims", "invariance,layers"]) == 0
+    record = json.loads((out / FIGURES_FILE).read_text())
+    assert record["config"]["data"] == str(folder) and record["config"]["scale"]["per_class"] == 12
+    assert record["data"].startswith(str(folder.resolve())) and "4 classes, 48 training images" in record["data"]
+    invariance = record["claims"]["invariance"]
+    assert "12 images per class" in invariance["method"]
+    assert invariance["figures"]["test_images"] == 80  # the folder's 4 test classes, 20 images each
+    for key, claim in record["claims"].items():
+        assert [f["sentence"] for f in claim["findings"]] == [f.sentence for f in _recomputed(key, claim["figures"])]
+    assert (out / REPORT_FILE).is_file() and all((out / p).is_file() for c in record["claims"].values()
+                                                 for p in c["plots"].values())

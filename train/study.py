@@ -207,6 +207,8 @@ def run_study(config: StudyConfig, say: Callable[[str], None] = print) -> dict:
                                     test_images=scale.test_images, seed=config.seed)
         else:
             source = folder_source(config.data, config.seed)
+            config = _fit_to_folder(config, source.available_per_class(), say)
+            scale = config.scale
         context = StudyContext(config, source, work, plots, say)
         results = []
         for key in config.claims:
@@ -228,6 +230,18 @@ def run_study(config: StudyConfig, say: Callable[[str], None] = print) -> dict:
         (staging / FIGURES_FILE).write_text(json.dumps(record, indent=2, default=_json_default), encoding="utf-8")
         write_html(staging / REPORT_FILE, record, results)
     return record
+
+
+def _fit_to_folder(config: StudyConfig, available: int, say: Callable[[str], None]) -> StudyConfig:
+    """A user's folder may have fewer training images per class than the small experiments ask for:
+    they then use what every class has (the limited-data claim already keeps only the counts it can)."""
+    scale = config.scale
+    per_class, bn_per_class = min(scale.per_class, available), min(scale.bn_per_class, available)
+    if (per_class, bn_per_class) == (scale.per_class, scale.bn_per_class):
+        return config
+    say(f"   the smallest class has {available} training images: the small experiments use {per_class} "
+        f"per class (asked: {scale.per_class}) and the BatchNorm runs {bn_per_class} (asked: {scale.bn_per_class})")
+    return replace(config, scale=replace(scale, per_class=per_class, bn_per_class=bn_per_class))
 
 
 def _claim_functions() -> dict[str, Callable[[], Callable]]:
