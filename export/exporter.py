@@ -176,6 +176,15 @@ def _onnx_int8(model, calibration: Calibration, gate: float) -> tuple[bytes, dic
         return _searched("onnx", quantizer.quantize, quantizer.nodes, len(fp32), model, calibration, gate)
 
 
+def _onnx_int8_tensorrt(model, calibration: Calibration, gate: float) -> tuple[bytes, dict | None]:
+    """As _onnx_int8, in the form TensorRT takes (signed symmetric int8, Q/DQ on weighted ops' inputs)."""
+    from .onnx import OnnxInt8Quantizer, to_onnx_fp32
+
+    fp32 = to_onnx_fp32(model)
+    with OnnxInt8Quantizer(fp32, calibration.images, tensorrt=True) as quantizer:
+        return _searched("onnx", quantizer.quantize, quantizer.nodes, len(fp32), model, calibration, gate)
+
+
 _FLOAT_ADVICE = ("A float artifact should agree exactly: check that the run's held-out images are the ones it was "
                  "trained with (dataset moved or changed?).")
 _INT8_ADVICE = ("Try more calibration data (--calibration-images, now {n}), calibration images that look like "
@@ -199,6 +208,8 @@ ARTIFACT_KINDS: dict[str, ArtifactKind] = {
     "onnx_fp32": _kind("onnx_fp32", 0.995, _onnx_fp32, advice=_FLOAT_ADVICE),
     "onnx_int8": _kind("onnx_int8", 0.98, _onnx_int8, calibrated=True,
                        advice=_INT8_ADVICE + " For ONNX also try --onnx-int8-types (u8u8, s8s8, u8s8)."),
+    "onnx_int8_tensorrt": _kind("onnx_int8_tensorrt", 0.98, _onnx_int8_tensorrt, calibrated=True,
+                                advice=_INT8_ADVICE),
 }
 
 # Named sets of artifacts, usable wherever a list of formats is (`--formats all`). Dynamic-range is in
@@ -210,8 +221,9 @@ FORMAT_PRESETS: dict[str, tuple[str, ...]] = {
     "float": ("tflite_fp32", "tflite_fp16", "onnx_fp32"),
     "int8": ("tflite_int8", "onnx_int8"),
     "tflite": ("tflite_fp32", "tflite_fp16", "tflite_int8"),
-    "onnx": ("onnx_fp32", "onnx_int8"),
-    "all": ("tflite_fp32", "tflite_fp16", "tflite_int8", "onnx_fp32", "onnx_int8"),
+    "onnx": ("onnx_fp32", "onnx_int8", "onnx_int8_tensorrt"),
+    "jetson": ("onnx_fp32", "onnx_int8_tensorrt"),
+    "all": ("tflite_fp32", "tflite_fp16", "tflite_int8", "onnx_fp32", "onnx_int8", "onnx_int8_tensorrt"),
 }
 
 

@@ -49,6 +49,8 @@ ARTIFACT_NAMES = {
     "onnx_fp16": ArtifactName("onnx", "fp16", "model_fp16.onnx"),
     "onnx_dynamic": ArtifactName("onnx", "dynamic_int8", "model_dynamic.onnx"),
     "onnx_int8": ArtifactName("onnx", "int8", "model_int8.onnx"),
+    # Signed, symmetric int8 QDQ: the form TensorRT's explicit quantization takes (Jetson).
+    "onnx_int8_tensorrt": ArtifactName("onnx", "int8_symmetric", "model_int8_tensorrt.onnx"),
 }
 
 

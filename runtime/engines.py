@@ -288,6 +288,20 @@ _ONNX_TYPES = {
 }
 
 
+def tensorrt_options(artifact: Artifact) -> dict:
+    """onnxruntime's TensorRT provider options for this artifact. TensorRT builds its engine on the first
+    run (minutes on a Jetson), so engines are cached per model file. A QDQ int8 model needs TensorRT's
+    int8 mode to keep its quantization; an fp16 model its fp16 mode. An fp32 model runs in fp32 (fp16
+    mode would change the answers that its parity gate measured)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgevision" / "tensorrt"
+    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache / artifact.sha256[:16]),
+            "trt_int8_enable": artifact.precision.startswith("int8"), "trt_fp16_enable": artifact.precision == "fp16"}
+
+
+def _with_options(provider: str, artifact: Artifact):
+    return (provider, tensorrt_options(artifact)) if provider == "TensorrtExecutionProvider" else provider
+
+
 class OnnxEngine(Engine):
     """ONNX models through onnxruntime: TensorRT or CUDA execution providers where present, else CPU.
 
@@ -322,7 +336,8 @@ class OnnxEngine(Engine):
         # Providers the profile asks for that this onnxruntime build lacks are skipped (CPU always remains).
         self.providers = [p for p in wanted if p in available] or list(available)
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=self.providers)
+            self._session = ort.InferenceSession(str(self.path), sess_options=options,
+                                                 providers=[_with_options(p, artifact) for p in self.providers])
         except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             raise EngineError(f"onnxruntime could not load {where}: {error}") from None
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()

@@ -132,3 +132,53 @@ def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kerne
     biases = [numpy_helper.to_array(i) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT32
               and numpy_helper.to_array(i).shape == (8,)]
     assert biases and all(np.abs(b).max() < 2**31 - 1 for b in biases)
+
+
+@pytest.mark.slow
+def test_tensorrt_form_is_signed_symmetric_qdq_on_every_weighted_op():
+    """What TensorRT's explicit quantization needs: every Q/DQ int8 with zero point 0, the weights of each
+    convolution and dense layer quantized per output channel, each of their inputs dequantized from int8,
+    the residual Add's inputs too; and the model still computes the float one. Tensor names are short
+    (the graph's input and output keep theirs)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edgevision.export.onnx import INPUT_NAME, OUTPUT_NAME, to_onnx_fp32, to_onnx_int8
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu6", padding="same")(x)
+    y = keras.layers.DepthwiseConv2D(3, activation="relu6", padding="same")(x)
+    x = keras.layers.Add()([x, keras.layers.Conv2D(8, 1)(y)])  # a residual block
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+    content = to_onnx_int8(to_onnx_fp32(model), _photos(16, SIZE), tensorrt=True)
+    proto = onnx.load_from_string(content)
+    graph = proto.graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    produced_by = {out: node for node in graph.node for out in node.output}
+    qdq = [node for node in graph.node if node.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq and all(len(node.input) == 3 for node in qdq)
+    for node in qdq:
+        points = initializers[node.input[2]]
+        assert points.dtype in (np.int8, np.int32) and not points.any(), (node.name, points)
+    weighted = [node for node in graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+    assert len(weighted) == 4
+    for node in weighted:
+        sources = [produced_by.get(name) for name in node.input[:2]]
+        assert all(s is not None and s.op_type == "DequantizeLinear" for s in sources), node.name
+        weight = sources[1]
+        quantized, scales = initializers[weight.input[0]], initializers[weight.input[1]]
+        channel_axis = next((a.i for a in weight.attribute if a.name == "axis"), 1)
+        assert quantized.dtype == np.int8 and scales.shape == (quantized.shape[channel_axis],), node.name
+    add = next(node for node in graph.node if node.op_type == "Add" and node.input[0] in produced_by)
+    assert all(produced_by[name].op_type == "DequantizeLinear" for name in add.input)
+    assert graph.input[0].name == INPUT_NAME and graph.output[0].name == OUTPUT_NAME
+    assert max(len(name) for node in graph.node for name in node.input) <= len(INPUT_NAME) + 1
+
+    session = ort.InferenceSession(content, providers=["CPUExecutionProvider"])
+    photos = _photos(16, SIZE)
+    probs = session.run(None, {INPUT_NAME: photos.astype(np.float32)})[0]
+    assert np.abs(probs - model.predict(photos.astype(np.float32), verbose=0)).max() < 0.05

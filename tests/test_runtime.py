@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -458,6 +459,30 @@ def test_onnxruntime_takes_providers_not_delegates(tiny_bundle):
     pytest.importorskip("onnxruntime", reason="the onnxruntime engine is an optional extra")
     with pytest.raises(ValueError, match=r"Delegate 'edgetpu' is a LiteRT option"):
         Classifier(tiny_bundle.folder, artifact="onnx_fp32", delegate="edgetpu")
+
+
+def test_tensorrt_gets_its_precision_mode_and_an_engine_cache(tiny_bundle, monkeypatch, tmp_path):
+    """Where TensorRT is present (Jetson), the session gets int8 mode for a QDQ int8 model, fp16 mode only
+    for an fp16 one, and an engine cache per model file; other providers are passed by name."""
+    ort = pytest.importorskip("onnxruntime", reason="the onnxruntime engine is an optional extra")
+    real_session, seen = ort.InferenceSession, []
+
+    def recording_session(path, sess_options=None, providers=None):
+        seen.append(providers)
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", recording_session)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    classifier = Classifier(tiny_bundle.folder, profile="jetson-orin-nano", engine="onnxruntime")
+    (name, options), cpu = seen[-1]
+    artifact = classifier.artifact
+    assert name == "TensorrtExecutionProvider" and cpu == "CPUExecutionProvider"
+    assert options == {"trt_engine_cache_enable": True, "trt_int8_enable": False, "trt_fp16_enable": False,
+                       "trt_engine_cache_path": str(tmp_path / "edgevision" / "tensorrt" / artifact.sha256[:16])}
+    for precision, int8, fp16 in (("int8_symmetric", True, False), ("int8", True, False), ("fp16", False, True)):
+        chosen = engines.tensorrt_options(replace(artifact, precision=precision))
+        assert (chosen["trt_int8_enable"], chosen["trt_fp16_enable"]) == (int8, fp16)
 
 
 def test_delegate_is_loaded_once_and_handed_to_the_interpreter(tiny_bundle, monkeypatch):
