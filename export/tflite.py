@@ -204,11 +204,13 @@ def op_names(content: bytes) -> list[str]:
 
 def add_metadata(content: bytes, name: str, payload: bytes) -> bytes:
     """The model with `payload` stored as a named Model.metadata buffer (the TFLite schema's place for
-    producer data; interpreters ignore entries they do not know)."""
+    producer data; interpreters ignore entries they do not know), and short inner tensor names
+    (compact_tensor_names)."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    compact_tensor_names(model)
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(payload, dtype=np.uint8)
     model.buffers.append(buffer)
@@ -217,3 +219,16 @@ def add_metadata(content: bytes, name: str, payload: bytes) -> bytes:
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != name.encode()] + [entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def compact_tensor_names(model) -> None:
+    """Give every inner tensor of a TFLite model object a short name ("t1a"); each subgraph's inputs and
+    outputs keep theirs (interpreters show them), and signatures point at tensors by index. The
+    converter's names (".../block_3_expand_relu/Relu6;.../block_3_expand_BN/FusedBatchNormV3...") were 28 KB
+    of the demo's 0.97 MB int8 model."""
+    for subgraph in model.subgraphs:
+        keep = set(subgraph.inputs.tolist() if hasattr(subgraph.inputs, "tolist") else subgraph.inputs)
+        keep |= set(subgraph.outputs.tolist() if hasattr(subgraph.outputs, "tolist") else subgraph.outputs)
+        for index, tensor in enumerate(subgraph.tensors):
+            if index not in keep:
+                tensor.name = f"t{np.base_repr(index, 36).lower()}".encode()

@@ -407,6 +407,7 @@ def test_precision_search_through_export_records_a_recipe_that_holds(run_dir, tm
         chosen = next(t for t in recipe["tried"] if t["float_ops"] == recipe["float_ops"])
         assert chosen["agreement"] >= recipe["target"] - 1e-4
         assert chosen["bytes"] <= max(recipe["max_bytes"], 1.05 * recipe["tried"][0]["bytes"])
-        # the bundle's file is the chosen candidate, with edgevision's metadata added
-        assert abs(bundle.artifacts[file].bytes - chosen["bytes"]) < 20_000
+        # the bundle's file is the chosen candidate, with edgevision's metadata added and short tensor names
+        # (the converter's took 26 KB of this model's TFLite file)
+        assert -40_000 < bundle.artifacts[file].bytes - chosen["bytes"] < 20_000
         assert bool(recipe["float_layers"]) == bool(recipe["float_ops"])
