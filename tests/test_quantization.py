@@ -4,6 +4,8 @@ ONNX int8 graph, and ONNX int8 running on onnxruntime's int8 kernels."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -18,18 +20,9 @@ SIZE = 32
 
 
 def _photos(count: int, size: int) -> np.ndarray:
-    import cv2
-    from skimage import data
+    from edgevision.train.sample_data import photo_crops
 
-    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        side = int(rng.integers(min(photo.shape[:2]) // 3, min(photo.shape[:2])))
-        y, x = (int(rng.integers(0, photo.shape[d] - side + 1)) for d in (0, 1))
-        out.append(cv2.resize(photo[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA))
-    return np.stack(out)
+    return photo_crops(count, size)
 
 
 def _folded(backbone: str):
@@ -182,3 +175,29 @@ def test_tensorrt_form_is_signed_symmetric_qdq_on_every_weighted_op():
     photos = _photos(16, SIZE)
     probs = session.run(None, {INPUT_NAME: photos.astype(np.float32)})[0]
     assert np.abs(probs - model.predict(photos.astype(np.float32), verbose=0)).max() < 0.05
+
+
+@pytest.mark.slow
+def test_int8_speed_benchmark_prints_every_format_of_a_backbone(capsys, monkeypatch):
+    """benchmarks/int8_speed.py, at a tiny size: both engines' fp32 and int8 figures, their ratio, the
+    target, and which CPU it ran on; a bad backbone is named."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "int8_speed.py"
+    spec = importlib.util.spec_from_file_location("int8_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert bench.main(["--backbones", "mobilenet_v3_small", "--size", "64", "--rounds", "1", "--repeats", "3"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^cpu: .+, int8 dot products: (yes|no); batch 1, 2 threads, 64x64", out, re.M)
+    rows = re.findall(r"^\| mobilenet_v3_small \| (LiteRT|onnxruntime) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (yes|NO) \|$",
+                      out, re.M)
+    assert [r[0] for r in rows] == ["LiteRT", "onnxruntime"]
+    for _, fp32, int8, ratio, _ in rows:
+        assert float(fp32) > 0 and float(int8) > 0 and abs(float(int8) / float(fp32) - float(ratio)) < 0.06
+    with pytest.raises(SystemExit):
+        bench.main(["--backbones", "mobilenet_v9"])
+    assert "mobilenet_v9" in capsys.readouterr().err

@@ -208,3 +208,28 @@ def test_study_runs_on_a_users_folder(tmp_path):
         assert [f["sentence"] for f in claim["findings"]] == [f.sentence for f in _recomputed(key, claim["figures"])]
     assert (out / REPORT_FILE).is_file() and all((out / p).is_file() for c in record["claims"].values()
                                                  for p in c["plots"].values())
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_a_study_resumed_with_work_reuses_only_runs_of_the_same_settings(tmp_path):
+    """--work keeps the task folders and runs: a second study reuses every finished run (same figures, no
+    training), and one with other settings trains anew."""
+    from edgevision.train.study import run_study
+
+    tiny = replace(StudyScale.quick(), per_class=5, val_per_class=2, test_images=100, small_epochs=1,
+                   augment_models=(), shifts=(0, 2), reference_shift=2, rotations=(90.0,), counts=(5,))
+    work = tmp_path / "work"
+
+    def study(name, scale):
+        said = []
+        record = run_study(StudyConfig(out=str(tmp_path / name), quick=True, claims=("invariance",), scale=scale,
+                                       work=str(work)), say=said.append)
+        return record["claims"]["invariance"]["figures"], [s for s in said if "held-out accuracy" in s]
+
+    first, trained = study("a", tiny)
+    assert len(trained) == 3 and not any("reused" in s for s in trained)
+    again, reused = study("b", tiny)
+    assert again == first and len(reused) == 3 and all("reused from" in s for s in reused)
+    _, retrained = study("c", replace(tiny, small_epochs=2))
+    assert len(retrained) == 3 and not any("reused" in s for s in retrained)

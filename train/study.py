@@ -65,7 +65,7 @@ class StudyScale:
     bn_epochs: int = 12
     bn_rates: tuple[float, ...] = (1e-3, 1e-2, 5e-2)
     # Limited data: images per class, the transfer backbone's input size, epochs per mode.
-    counts: tuple[int, ...] = (10, 25, 50, 100, 500)
+    counts: tuple[int, ...] = (10, 25, 50, 100)  # --counts 10,25,50,100,500 adds hours on 2 CPU cores
     transfer_backbone: str = "efficientnet_lite0"
     transfer_size: int = 96
     head_epochs: int = 15
@@ -106,6 +106,9 @@ class StudyConfig:
     claims: tuple[str, ...] = CLAIMS
     overwrite: bool = False
     scale: StudyScale | None = None  # None: StudyScale.quick() or .full(), as `quick` says
+    # Where the task folders and training runs go: None, a temporary folder removed at the end; a folder,
+    # kept, and the finished runs it holds are reused (an interrupted study resumes).
+    work: str | None = None
 
     def __post_init__(self) -> None:
         for claim in self.claims:
@@ -166,22 +169,56 @@ class StudyContext:
         return self.config.scale
 
     def task(self, per_class: int) -> Path:
-        return self.source.task(self.work / "tasks" / f"{per_class}_per_class", per_class)
+        return self.source.task(self.work / "tasks" / self.source.key / f"{per_class}_per_class", per_class)
 
     def fit(self, name: str, data: Path, train_config) -> dict:
         """Train with `train()` into work/runs/name; returns run.json's history and metrics, the held-out
-        accuracy and the run folder."""
+        accuracy, the training seconds and the run folder. A finished run of the same settings on the same
+        data already there (a study resumed with --work) is reused instead."""
         from .run_dir import RunInfo
         from .trainer import train
 
-        started = time.perf_counter()
         run_dir = self.work / "runs" / name
+        found = finished_run(run_dir, data, train_config)
+        if found is not None:
+            self.say(f"   {name}: held-out accuracy {found['accuracy']:.2%} on {found['heldout_images']} images "
+                     f"(reused from {run_dir})")
+            return found
+        started = time.perf_counter()
         result = train(data, run_dir, train_config, overwrite=True, progress=False)
         info = RunInfo.load(run_dir)
+        seconds = round(time.perf_counter() - started, 1)
+        (run_dir / STUDY_RUN_FILE).write_text(json.dumps({"seconds": seconds}))
         self.say(f"   {name}: held-out accuracy {result.heldout_accuracy:.2%} on {result.heldout_count} images "
-                 f"({time.perf_counter() - started:.0f} s)")
+                 f"({seconds:.0f} s)")
         return {"run_dir": run_dir, "accuracy": result.heldout_accuracy, "heldout_images": result.heldout_count,
-                "history": info.history, "seconds": round(time.perf_counter() - started, 1)}
+                "history": info.history, "seconds": seconds}
+
+
+STUDY_RUN_FILE = "study-run.json"  # what the study adds to a run folder: the seconds its training took
+
+
+def finished_run(run_dir: Path, data: Path, train_config) -> dict | None:
+    """What `StudyContext.fit` returns, from a finished run in `run_dir` of exactly `train_config` on `data`
+    (run.json records both); None when there is none or it differs in anything."""
+    from .run_dir import RunError, RunInfo
+
+    try:
+        info = RunInfo.load(run_dir)
+    except (RunError, OSError, ValueError, KeyError):
+        return None
+    record = train_config.to_dict()
+    same = (info.model == record["model"] and info.training == {k: v for k, v in record.items() if k != "model"}
+            and os.path.abspath(str(info.dataset.get("root", ""))) == os.path.abspath(data))
+    accuracy = info.metrics.get("test_accuracy", info.metrics.get("val_accuracy"))
+    if not same or accuracy is None:
+        return None
+    try:
+        seconds = json.loads((run_dir / STUDY_RUN_FILE).read_text())["seconds"]
+    except (OSError, ValueError, KeyError):
+        seconds = None
+    return {"run_dir": run_dir, "accuracy": float(accuracy), "heldout_images": len(info.heldout_paths),
+            "history": info.history, "seconds": seconds}
 
 
 def run_study(config: StudyConfig, say: Callable[[str], None] = print) -> dict:
@@ -195,7 +232,11 @@ def run_study(config: StudyConfig, say: Callable[[str], None] = print) -> dict:
     started = time.perf_counter()
     scale = config.scale
     with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgevision-study-")))
+        if config.work is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgevision-study-")))
+        else:
+            work = Path(config.work)
+            work.mkdir(parents=True, exist_ok=True)
         staging = stack.enter_context(atomic_directory(config.out, overwrite=config.overwrite,
                                                        inputs=[config.data] if config.data else []))
         plots = staging / PLOTS_DIR
@@ -203,7 +244,7 @@ def run_study(config: StudyConfig, say: Callable[[str], None] = print) -> dict:
         if config.data is None:
             needed = max([scale.per_class, scale.bn_per_class,
                           *(scale.counts if "limited_data" in config.claims else ())])
-            source = fashion_source(work / "source", train_per_class=needed, val_per_class=scale.val_per_class,
+            source = fashion_source(work, train_per_class=needed, val_per_class=scale.val_per_class,
                                     test_images=scale.test_images, seed=config.seed)
         else:
             source = folder_source(config.data, config.seed)
@@ -302,6 +343,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--counts", default=None, help="images per class for the limited-data claim, e.g. 10,25,50")
     parser.add_argument("--transfer-size", type=int, default=None, help="input size of the limited-data claim's models")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--work", default=None, help="keep the task folders and training runs in this folder and "
+                        "reuse the finished ones (resumes an interrupted study; default: a temporary folder)")
 
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
@@ -317,6 +360,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     if args.transfer_size:
         scale = replace(scale, transfer_size=args.transfer_size)
     return StudyConfig(out=args.out, data=args.data, quick=args.quick, seed=args.seed, overwrite=args.overwrite,
+                       work=args.work,
                        claims=tuple(c.strip() for c in args.claims.split(",") if c.strip()), scale=scale)
 
 

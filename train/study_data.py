@@ -6,6 +6,7 @@ that `train()` uses; files are hard-linked from the source (copied where links a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ class StudySource:
     index: DatasetIndex
     order: dict[int, list[str]]  # class id -> training paths in draw order
     description: str
+    key: str  # names this source's task folders: a resumed study reuses only those drawn from the same source
 
     @property
     def labels(self) -> list[str]:
@@ -62,22 +64,29 @@ def _link(source: str, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def fashion_source(root: str | os.PathLike, *, train_per_class: int, val_per_class: int, test_images: int,
+# The Fashion-MNIST source always draws at least this many training images a class (the full study's
+# largest count), so the task of N images a class is the same images whatever else a run asks for.
+FASHION_DRAW = 500
+
+
+def fashion_source(work: str | os.PathLike, *, train_per_class: int, val_per_class: int, test_images: int,
                    seed: int) -> StudySource:
-    """The Fashion-MNIST limited-data task (28x28 grey, from Debian's files): `train_per_class` +
-    `val_per_class` images of each class drawn from the training set, `test_images` drawn stratified from
-    the 10,000 test images (all of them at 10,000)."""
+    """The Fashion-MNIST limited-data task (28x28 grey, from Debian's files), written under `work`:
+    max(FASHION_DRAW, `train_per_class`) + `val_per_class` images of each class drawn from the training
+    set, `test_images` drawn stratified from the 10,000 test images (all of them at 10,000)."""
     from .sample_data import write_fashion_task
 
-    root = Path(root)
+    train_per_class = max(FASHION_DRAW, train_per_class)
+    key = f"fashion-{train_per_class}+{val_per_class}-test{test_images}-seed{seed}"
+    root = Path(work) / f"source-{key}"
     if not (root / ".complete").is_file():
         if root.exists():
             shutil.rmtree(root)
         write_fashion_task(root, train_per_class, val_per_class, seed, test_images)
         (root / ".complete").write_text("")
-    description = (f"Fashion-MNIST: {train_per_class} training + {val_per_class} validation images per class "
-                   f"drawn from its training set, tested on {min(test_images, 10_000):,} of its test images")
-    return _source(root, seed, description)
+    description = (f"Fashion-MNIST: {val_per_class} validation images per class and the training images drawn "
+                   f"from its training set, tested on {min(test_images, 10_000):,} of its test images")
+    return _source(root, seed, description, key)
 
 
 def folder_source(data_dir: str | os.PathLike, seed: int) -> StudySource:
@@ -88,14 +97,15 @@ def folder_source(data_dir: str | os.PathLike, seed: int) -> StudySource:
     counts = index.train.class_counts(index.num_classes)
     description = (f"{os.path.abspath(data_dir)}: {index.num_classes} classes, {len(index.train)} training images "
                    f"({counts.min()}-{counts.max()} per class), {len(index.val)} validation, {len(index.test)} test")
-    return _source(data_dir, seed, description, index)
+    where = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:12]
+    return _source(data_dir, seed, description, f"folder-{where}-seed{seed}", index)
 
 
-def _source(root, seed: int, description: str, index: DatasetIndex | None = None) -> StudySource:
+def _source(root, seed: int, description: str, key: str, index: DatasetIndex | None = None) -> StudySource:
     index = index or index_image_folder(root, seed=seed, warn=True)
     rng = np.random.default_rng(seed)
     order = {}
     for cls in range(index.num_classes):
         paths = sorted(p for p, label in zip(index.train.paths, index.train.labels) if label == cls)
         order[cls] = [paths[i] for i in rng.permutation(len(paths))]
-    return StudySource(index=index, order=order, description=description)
+    return StudySource(index=index, order=order, description=description, key=key)
