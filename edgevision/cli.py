@@ -210,7 +210,7 @@ def _add_export_options(p) -> str:
     """Options shared by `export` and `bench-export`; returns the help text for --formats."""
     from edgevision.export.calibration import INT8_IO_DTYPES
     from edgevision.export.exporter import ARTIFACT_KINDS, FORMAT_PRESETS
-    from edgevision.export.onnx import ONNX_INT8_TYPES
+    from edgevision.export.onnx import ONNX_CALIBRATION_METHODS, ONNX_INT8_TYPES
 
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder written by `edgevision train`")
     p.add_argument("--threads", type=int, default=None, help="engine threads for the parity check and latency")
@@ -225,6 +225,9 @@ def _add_export_options(p) -> str:
     p.add_argument("--onnx-int8-types", default="u8u8", choices=sorted(ONNX_INT8_TYPES),
                    help="activation/weight types of the ONNX QDQ int8 model (default u8u8; u8s8 saturates on "
                    "AVX2 CPUs without VNNI)")
+    p.add_argument("--onnx-calibration", default="minmax", choices=sorted(ONNX_CALIBRATION_METHODS),
+                   help="how the ONNX int8 models' activation ranges are set from the calibration images "
+                   "(default minmax, which agreed best where measured; percentile, entropy)")
     p.add_argument("--no-int8-search", dest="int8_search", action="store_false",
                    help="write full int8 only: do not keep the first ops in float when full int8 changes too many "
                    "answers on the run's validation images")
@@ -236,7 +239,8 @@ def _quantization(args):
     from edgevision.export.calibration import QuantizationConfig
 
     return QuantizationConfig(calibration_images=args.calibration_images, io_dtype=args.int8_io,
-                              onnx_types=args.onnx_int8_types, search=args.int8_search)
+                              onnx_types=args.onnx_int8_types, onnx_calibration=args.onnx_calibration,
+                              search=args.int8_search)
 
 
 def _add_export(sub) -> None:

@@ -32,7 +32,9 @@ class QuantizationConfig:
     fewer training images). io_dtype: the int8 TFLite model's interface, "uint8" (raw camera pixels go
     in with scale 1 / zero-point 0, float32 probabilities come out of a float softmax) or "int8" (int8 in
     and out, the softmax quantized too). onnx_types: activation/weight types of
-    the ONNX QDQ model ("u8u8", "s8s8", "u8s8"; see export/onnx.py). seed: which images are drawn.
+    the ONNX QDQ model ("u8u8", "s8s8", "u8s8"; see export/onnx.py). onnx_calibration: how onnxruntime sets
+    activation ranges ("minmax", "percentile", "entropy"; TFLite's converter has min-max only). seed:
+    which images are drawn.
     search: when an int8 model would change too many answers, keep the fewest ops from the input in
     float until its agreement estimated on `search_images` validation images reaches the gate plus
     `search_margin` (export/precision.py), within `max_size_fraction` of the float model's size.
@@ -41,6 +43,7 @@ class QuantizationConfig:
     calibration_images: int = 200
     io_dtype: str = "uint8"
     onnx_types: str = "u8u8"
+    onnx_calibration: str = "minmax"
     seed: int = 0
     search: bool = True
     search_images: int = 500
@@ -48,7 +51,7 @@ class QuantizationConfig:
     search_margin: float = 0.01
 
     def __post_init__(self) -> None:
-        from .onnx import ONNX_INT8_TYPES
+        from .onnx import ONNX_CALIBRATION_METHODS, ONNX_INT8_TYPES
 
         n = self.calibration_images
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 100_000:
@@ -64,6 +67,8 @@ class QuantizationConfig:
             raise choice_error("int8 input/output type", self.io_dtype, INT8_IO_DTYPES)
         if self.onnx_types not in ONNX_INT8_TYPES:
             raise choice_error("ONNX int8 types", self.onnx_types, ONNX_INT8_TYPES)
+        if self.onnx_calibration not in ONNX_CALIBRATION_METHODS:
+            raise choice_error("ONNX calibration method", self.onnx_calibration, ONNX_CALIBRATION_METHODS)
 
     @classmethod
     def for_int8(cls, calibration_images: int = 200, io_dtype: str = "uint8") -> "QuantizationConfig":
@@ -77,7 +82,8 @@ class QuantizationConfig:
 
     def to_dict(self) -> dict:
         return {"calibration_images": int(self.calibration_images), "io_dtype": self.io_dtype,
-                "onnx_types": self.onnx_types, "seed": int(self.seed), "search": bool(self.search),
+                "onnx_types": self.onnx_types, "onnx_calibration": self.onnx_calibration, "seed": int(self.seed),
+                "search": bool(self.search),
                 "search_images": int(self.search_images), "max_size_fraction": float(self.max_size_fraction),
                 "search_margin": float(self.search_margin)}
 

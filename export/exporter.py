@@ -172,7 +172,8 @@ def _onnx_int8(model, calibration: Calibration, gate: float) -> tuple[bytes, dic
     from .onnx import OnnxInt8Quantizer, to_onnx_fp32
 
     fp32 = to_onnx_fp32(model)
-    with OnnxInt8Quantizer(fp32, calibration.images, calibration.config.onnx_types) as quantizer:
+    with OnnxInt8Quantizer(fp32, calibration.images, calibration.config.onnx_types,
+                           calibration=calibration.config.onnx_calibration) as quantizer:
         return _searched("onnx", quantizer.quantize, quantizer.nodes, len(fp32), model, calibration, gate)
 
 
@@ -181,7 +182,8 @@ def _onnx_int8_tensorrt(model, calibration: Calibration, gate: float) -> tuple[b
     from .onnx import OnnxInt8Quantizer, to_onnx_fp32
 
     fp32 = to_onnx_fp32(model)
-    with OnnxInt8Quantizer(fp32, calibration.images, tensorrt=True) as quantizer:
+    with OnnxInt8Quantizer(fp32, calibration.images, tensorrt=True,
+                           calibration=calibration.config.onnx_calibration) as quantizer:
         return _searched("onnx", quantizer.quantize, quantizer.nodes, len(fp32), model, calibration, gate)
 
 
@@ -370,7 +372,8 @@ def _write_report(folder: Path, bundle: Bundle, info: RunInfo) -> None:
     if exported.get("calibration_images"):
         q = exported["quantization"]
         lines += ["", f"int8 calibration: {exported['calibration_images']} images ({exported['calibration_source']}), "
-                  f"TFLite int8 interface {q['io_dtype']}, ONNX QDQ types {q['onnx_types']}, per-channel weights."]
+                  f"TFLite int8 interface {q['io_dtype']}, ONNX QDQ types {q['onnx_types']} calibrated by "
+                  f"{q.get('onnx_calibration', 'minmax')}, per-channel weights."]
     lines += _precision_search_notes(bundle)
     if bundle.golden:
         lines += ["", f"Golden predictions: {bundle.golden['images']} held-out images at model size with every "

@@ -201,3 +201,35 @@ def test_int8_speed_benchmark_prints_every_format_of_a_backbone(capsys, monkeypa
     with pytest.raises(SystemExit):
         bench.main(["--backbones", "mobilenet_v9"])
     assert "mobilenet_v9" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_onnx_calibration_methods_set_other_ranges_and_each_still_computes_the_model():
+    """Percentile calibration clips ranges that min-max keeps whole, and every method's int8 model stays
+    close to the float one. (Entropy's ranges came out as min-max's on this small model.)"""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edgevision.export.onnx import ONNX_CALIBRATION_METHODS, to_onnx_fp32, to_onnx_int8
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    fp32, photos = to_onnx_fp32(model), _photos(32, SIZE)
+    reference = model.predict(photos.astype(np.float32), verbose=0)
+    scales = {}
+    for method in ONNX_CALIBRATION_METHODS:
+        content = to_onnx_int8(fp32, photos, calibration=method)
+        graph = onnx.load_from_string(content).graph
+        initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        scales[method] = sorted(float(initializers[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear")
+        probs = ort.InferenceSession(content, providers=["CPUExecutionProvider"]).run(
+            None, {"image": photos.astype(np.float32)})[0]
+        assert np.abs(probs - reference).max() < 0.1, method
+    assert len(scales["percentile"]) == len(scales["minmax"])
+    assert min(np.subtract(scales["percentile"], scales["minmax"])) < -1e-5  # some range clipped
