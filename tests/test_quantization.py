@@ -168,6 +168,13 @@ def test_tensorrt_form_is_signed_symmetric_qdq_on_every_weighted_op():
         assert quantized.dtype == np.int8 and scales.shape == (quantized.shape[channel_axis],), node.name
     add = next(node for node in graph.node if node.op_type == "Add" and node.input[0] in produced_by)
     assert all(produced_by[name].op_type == "DequantizeLinear" for name in add.input)
+    # Outputs stay float: a quantized convolution output is the pre-activation, whose negative part a
+    # symmetric scale must cover too; and the logits reach the softmax unquantized.
+    quantized_inputs = {node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"}
+    relus = [node for node in graph.node if node.op_type in ("Relu", "Clip")]
+    assert relus and not any(produced_by[node.input[0]].op_type == "DequantizeLinear" for node in relus)
+    softmax = next(node for node in graph.node if node.op_type == "Softmax")
+    assert produced_by[softmax.input[0]].op_type in ("Gemm", "MatMul") and softmax.input[0] not in quantized_inputs
     assert graph.input[0].name == INPUT_NAME and graph.output[0].name == OUTPUT_NAME
     assert max(len(name) for node in graph.node for name in node.input) <= len(INPUT_NAME) + 1
 
