@@ -21,7 +21,13 @@ def _augment(images, config: AugmentConfig, seed_generator):
     from keras import ops
 
     random = keras.random
-    x = ops.cast(images, "float32")
+    # Through int32 (exact either way): TensorFlow's oneDNN path logs a false error for a uint8 Cast on
+    # some CPUs ("oneDNN supports DT_UINT8 only on platforms with AVX-512", then falls back), seen on an
+    # AVX-512 VNNI EPYC in every augmented training.
+    x = images
+    if keras.backend.standardize_dtype(x.dtype) == "uint8":
+        x = ops.cast(x, "int32")
+    x = ops.cast(x, "float32")
     batch, height, width, channels = ops.shape(x)
 
     def uniform(shape, low, high):

@@ -194,7 +194,10 @@ def training_model(classifier, config: TrainConfig):
 
     from .augment_layer import augmentation_layer
 
-    inputs = keras.Input(classifier.input_shape[1:], dtype="float32", name="image")
+    # The augmentation takes the uint8 batches as they are (it casts them itself): a float32 input here
+    # made TensorFlow log a false oneDNN "DT_UINT8" error in every augmented training.
+    dtype = "uint8" if config.augment.enabled else "float32"
+    inputs = keras.Input(classifier.input_shape[1:], dtype=dtype, name="image")
     x = augmentation_layer(config.augment, seed=config.seed)(inputs) if config.augment.enabled else inputs
     return keras.Model(inputs, classifier(x), name="training")
 
