@@ -227,7 +227,7 @@ def _add_export_options(p) -> str:
                    "AVX2 CPUs without VNNI)")
     p.add_argument("--onnx-calibration", default="minmax", choices=sorted(ONNX_CALIBRATION_METHODS),
                    help="how the ONNX int8 models' activation ranges are set from the calibration images "
-                   "(default minmax, which agreed best where measured; percentile, entropy)")
+                   "(default minmax, which agreed best where measured; percentile clips rare outliers)")
     p.add_argument("--no-int8-search", dest="int8_search", action="store_false",
                    help="write full int8 only: do not keep the first ops in float when full int8 changes too many "
                    "answers on the run's validation images")

@@ -33,7 +33,7 @@ class QuantizationConfig:
     in with scale 1 / zero-point 0, float32 probabilities come out of a float softmax) or "int8" (int8 in
     and out, the softmax quantized too). onnx_types: activation/weight types of
     the ONNX QDQ model ("u8u8", "s8s8", "u8s8"; see export/onnx.py). onnx_calibration: how onnxruntime sets
-    activation ranges ("minmax", "percentile", "entropy"; TFLite's converter has min-max only). seed:
+    activation ranges ("minmax", "percentile"; TFLite's converter has min-max only). seed:
     which images are drawn.
     search: when an int8 model would change too many answers, keep the fewest ops from the input in
     float until its agreement estimated on `search_images` validation images reaches the gate plus

@@ -213,7 +213,7 @@ def test_int8_speed_benchmark_prints_every_format_of_a_backbone(capsys, monkeypa
 @pytest.mark.slow
 def test_onnx_calibration_methods_set_other_ranges_and_each_still_computes_the_model():
     """Percentile calibration clips ranges that min-max keeps whole, and every method's int8 model stays
-    close to the float one. (Entropy's ranges came out as min-max's on this small model.)"""
+    close to the float one."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
