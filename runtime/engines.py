@@ -290,16 +290,30 @@ _ONNX_TYPES = {
 
 def tensorrt_options(artifact: Artifact) -> dict:
     """onnxruntime's TensorRT provider options for this artifact. TensorRT builds its engine on the first
-    run (minutes on a Jetson), so engines are cached per model file. A QDQ int8 model needs TensorRT's
-    int8 mode to keep its quantization; an fp16 model its fp16 mode. An fp32 model runs in fp32 (fp16
-    mode would change the answers that its parity gate measured)."""
+    run (minutes on a Jetson), so engines are cached per model file (the folder is made here: onnxruntime
+    makes only its last level, and without it the session falls back to CUDA or the CPU). A signed
+    symmetric QDQ model needs TensorRT's int8 mode to keep its quantization; an fp16 model its fp16 mode.
+    An fp32 model runs in fp32 (fp16 mode would change the answers that its parity gate measured)."""
+    options = {"trt_int8_enable": artifact.precision == "int8_symmetric", "trt_fp16_enable": artifact.precision == "fp16"}
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgevision" / "tensorrt"
-    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache / artifact.sha256[:16]),
-            "trt_int8_enable": artifact.precision.startswith("int8"), "trt_fp16_enable": artifact.precision == "fp16"}
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        logger.warning("TensorRT engines will not be cached (%s): each start builds the engine again", error)
+        return options
+    return {**options, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache / artifact.sha256[:16])}
 
 
-def _with_options(provider: str, artifact: Artifact):
-    return (provider, tensorrt_options(artifact)) if provider == "TensorrtExecutionProvider" else provider
+def _session_providers(providers: list[str], artifact: Artifact) -> list:
+    """What InferenceSession gets: TensorRT with its options; without TensorRT for the CPU's unsigned int8
+    QDQ form (precision "int8"), which TensorRT does not take (its form is "int8_symmetric")."""
+    chosen = []
+    for provider in providers:
+        if provider != "TensorrtExecutionProvider":
+            chosen.append(provider)
+        elif artifact.precision != "int8":
+            chosen.append((provider, tensorrt_options(artifact)))
+    return chosen
 
 
 class OnnxEngine(Engine):
@@ -337,7 +351,7 @@ class OnnxEngine(Engine):
         self.providers = [p for p in wanted if p in available] or list(available)
         try:
             self._session = ort.InferenceSession(str(self.path), sess_options=options,
-                                                 providers=[_with_options(p, artifact) for p in self.providers])
+                                                 providers=_session_providers(self.providers, artifact))
         except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             raise EngineError(f"onnxruntime could not load {where}: {error}") from None
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()

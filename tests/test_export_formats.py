@@ -92,10 +92,10 @@ def heldout(run_dir):
 
 @pytest.fixture(scope="module")
 def full_bundle(run_dir, tmp_path_factory) -> Path:
-    """`--formats all`, once for the module (six conversions, about a minute); full int8, whose tensor types
+    """`--formats all,tflite_dynamic,jetson`, once for the module (seven conversions, about a minute); full int8, whose tensor types
     the tests below check (the precision search has its own test)."""
     out = tmp_path_factory.mktemp("bundles") / "all"
-    result = export(run_dir, out, formats=("all", "tflite_dynamic"), threads=1, force=True,
+    result = export(run_dir, out, formats=("all", "tflite_dynamic", "jetson"), threads=1, force=True,
                     quantization=QuantizationConfig(search=False))
     assert set(result.metrics) == ALL_FILES
     return out
@@ -291,7 +291,9 @@ def test_bench_export_prints_one_row_per_artifact(run_dir, capsys):
 
 def test_presets_expand_in_order_without_repeats():
     # every artifact but dynamic-range, which is slower than fp32 (written only when named)
-    assert resolve_formats("all") == FORMAT_PRESETS["all"] == tuple(k for k in ARTIFACT_KINDS if k != "tflite_dynamic")
+    assert resolve_formats("all") == FORMAT_PRESETS["all"] == tuple(
+        k for k in ARTIFACT_KINDS if k not in ("tflite_dynamic", "onnx_int8_tensorrt"))
+    assert [p for p, names in FORMAT_PRESETS.items() if "onnx_int8_tensorrt" in names] == ["jetson"]
     assert not any("tflite_dynamic" in names for names in FORMAT_PRESETS.values())
     assert resolve_formats("tflite_fp16, int8,tflite_int8") == ("tflite_fp16", "tflite_int8", "onnx_int8")
     assert resolve_formats(["default"]) == ("tflite_fp32",)

@@ -462,8 +462,9 @@ def test_onnxruntime_takes_providers_not_delegates(tiny_bundle):
 
 
 def test_tensorrt_gets_its_precision_mode_and_an_engine_cache(tiny_bundle, monkeypatch, tmp_path):
-    """Where TensorRT is present (Jetson), the session gets int8 mode for a QDQ int8 model, fp16 mode only
-    for an fp16 one, and an engine cache per model file; other providers are passed by name."""
+    """Where TensorRT is present (Jetson), the session gets int8 mode for the signed symmetric QDQ model,
+    fp16 mode only for an fp16 one, and an engine cache per model file in a folder that exists; the CPU's
+    unsigned int8 form never goes to TensorRT; other providers are passed by name."""
     ort = pytest.importorskip("onnxruntime", reason="the onnxruntime engine is an optional extra")
     real_session, seen = ort.InferenceSession, []
 
@@ -480,9 +481,13 @@ def test_tensorrt_gets_its_precision_mode_and_an_engine_cache(tiny_bundle, monke
     assert name == "TensorrtExecutionProvider" and cpu == "CPUExecutionProvider"
     assert options == {"trt_engine_cache_enable": True, "trt_int8_enable": False, "trt_fp16_enable": False,
                        "trt_engine_cache_path": str(tmp_path / "edgevision" / "tensorrt" / artifact.sha256[:16])}
-    for precision, int8, fp16 in (("int8_symmetric", True, False), ("int8", True, False), ("fp16", False, True)):
+    assert (tmp_path / "edgevision" / "tensorrt").is_dir()  # onnxruntime makes only the last level
+    for precision, int8, fp16 in (("int8_symmetric", True, False), ("fp32", False, False), ("fp16", False, True)):
         chosen = engines.tensorrt_options(replace(artifact, precision=precision))
         assert (chosen["trt_int8_enable"], chosen["trt_fp16_enable"]) == (int8, fp16)
+    providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    cpu_form = engines._session_providers(providers, replace(artifact, precision="int8"))
+    assert cpu_form == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def test_delegate_is_loaded_once_and_handed_to_the_interpreter(tiny_bundle, monkeypatch):

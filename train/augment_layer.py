@@ -104,7 +104,8 @@ def _layer_class():
 
 
 def augmentation_layer(config: AugmentConfig, seed: int | None = None):
-    """A Keras layer: float32 (N, H, W, 3) 0-255 in and out, random only when called with training=True."""
+    """A Keras layer: (N, H, W, 3) 0-255 uint8 or float in, float32 out when training (random only when called
+    with training=True; otherwise the batch passes unchanged)."""
     if not isinstance(config, AugmentConfig):
         raise TypeError(f"config must be an AugmentConfig, got {type(config).__name__}")
     return _layer_class()(config, seed=seed, name="augmentation")

@@ -107,7 +107,8 @@ class ShuffledBatches(PrefetchedBatches):
     """Endless (images uint8, labels[, sample weights]) batches; batch i belongs to epoch
     `first_epoch + i // steps_per_epoch`. The last batch of an epoch may be smaller.
 
-    The pictures stay uint8 until the model's float32 input casts them on the accelerator: a quarter of
+    The pictures stay uint8 until the model casts them on the accelerator (the augmentation or the
+    classifier's float32 input): a quarter of
     the bytes to gather here and to copy to the device. PREFETCH_THREADS threads gather the next
     2 x PREFETCH_THREADS batches (numpy's gather releases the GIL), so the step never waits for one."""
 

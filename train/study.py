@@ -238,7 +238,7 @@ def run_study(config: StudyConfig, say: Callable[[str], None] = print) -> dict:
             work = Path(config.work)
             work.mkdir(parents=True, exist_ok=True)
         staging = stack.enter_context(atomic_directory(config.out, overwrite=config.overwrite,
-                                                       inputs=[config.data] if config.data else []))
+                                                       inputs=[p for p in (config.data, config.work) if p]))
         plots = staging / PLOTS_DIR
         plots.mkdir()
         if config.data is None:

@@ -97,7 +97,8 @@ def folder_source(data_dir: str | os.PathLike, seed: int) -> StudySource:
     counts = index.train.class_counts(index.num_classes)
     description = (f"{os.path.abspath(data_dir)}: {index.num_classes} classes, {len(index.train)} training images "
                    f"({counts.min()}-{counts.max()} per class), {len(index.val)} validation, {len(index.test)} test")
-    where = hashlib.sha256(os.path.abspath(data_dir).encode()).hexdigest()[:12]
+    # The folder's place and contents (file names, sizes, classes): a changed folder gets new task folders.
+    where = hashlib.sha256(f"{os.path.abspath(data_dir)}\n{index.fingerprint()}".encode()).hexdigest()[:12]
     return _source(data_dir, seed, description, f"folder-{where}-seed{seed}", index)
 
 
