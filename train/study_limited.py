@@ -139,7 +139,9 @@ def plot_limited(figures: dict, path):
                       marker="o", color=colours[mode], label=f"{names[mode]}, {augment}")
     cross = figures["crossover"].get("no augmentation")
     if cross is not None and len(counts) > 1:
-        axis.axvline(cross, color="grey", linestyle=":", label=f"fine-tuning overtakes the head ({cross}/class)")
+        said = (f"fine-tuning ahead from the smallest count ({cross}/class): no crossover" if cross == counts[0]
+                else f"fine-tuning overtakes the head ({cross}/class)")
+        axis.axvline(cross, color="grey", linestyle=":", label=said)
     axis.set_xscale("log")
     axis.set_xticks(counts, [str(n) for n in counts])
     axis.set_xlabel("training images per class")
