@@ -247,7 +247,7 @@ def _add_export(sub) -> None:
     p = sub.add_parser(
         "export", help=COMMAND_HELP["export"],
         description="Fold BatchNorm, convert the trained model of RUN_DIR to device artifacts (TFLite fp32, fp16, "
-        "dynamic-range, int8; ONNX fp32, int8), run each on the run's held-out images through the runtime, and "
+        "dynamic-range, int8; ONNX fp32, int8, and int8 in the form TensorRT takes), run each on the run's held-out images through the runtime, and "
         "write the bundle (artifacts, bundle.json, report.md, and golden.npz for `edgevision verify`). Exits non-zero if an artifact disagrees with the "
         "trained model more than its threshold allows (99.5%% fp32/fp16, 99%% dynamic-range, 98%% int8).",
     )
