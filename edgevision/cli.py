@@ -222,9 +222,10 @@ def _add_export_options(p) -> str:
                    help="input type of the int8 TFLite model (default uint8: raw camera pixels go in as they are, or as "
                    "float32 when the precision search keeps the first op in float, and float32 probabilities come "
                    "out; int8: int8 in and out, no search, for accelerators that take signed tensors)")
-    p.add_argument("--onnx-int8-types", default="u8u8", choices=sorted(ONNX_INT8_TYPES),
-                   help="activation/weight types of the ONNX QDQ int8 model (default u8u8; u8s8 saturates on "
-                   "AVX2 CPUs without VNNI)")
+    p.add_argument("--onnx-int8-types", default="u8s8", choices=sorted(ONNX_INT8_TYPES),
+                   help="activation/weight types of the ONNX QDQ int8 model (default u8s8: onnxruntime's fastest "
+                   "kernels; on x86 CPUs without VNNI the runtime moves its weights to uint8 on load, which gives "
+                   "the same answers; u8u8 is written that way, and slower where the CPU has VNNI)")
     p.add_argument("--onnx-calibration", default="minmax", choices=sorted(ONNX_CALIBRATION_METHODS),
                    help="how the ONNX int8 models' activation ranges are set from the calibration images "
                    "(default minmax, which agreed best where measured; percentile clips rare outliers)")

@@ -32,17 +32,18 @@ class QuantizationConfig:
     fewer training images). io_dtype: the int8 TFLite model's interface, "uint8" (raw camera pixels go
     in with scale 1 / zero-point 0, float32 probabilities come out of a float softmax) or "int8" (int8 in
     and out, the softmax quantized too). onnx_types: activation/weight types of
-    the ONNX QDQ model ("u8u8", "s8s8", "u8s8"; see export/onnx.py). onnx_calibration: how onnxruntime sets
+    the ONNX QDQ model ("u8s8", "u8u8", "s8s8"; see export/onnx.py). onnx_calibration: how onnxruntime sets
     activation ranges ("minmax", "percentile"; TFLite's converter has min-max only). seed:
     which images are drawn.
     search: when an int8 model would change too many answers, keep the fewest ops from the input in
-    float until its agreement estimated on `search_images` validation images reaches the gate plus
-    `search_margin` (export/precision.py), within `max_size_fraction` of the float model's size.
+    float until its agreement estimated on `search_images` validation images reaches the gate plus at
+    least `search_margin`, more for fewer images (export/precision.search_target), within
+    `max_size_fraction` of the float model's size.
     """
 
     calibration_images: int = 200
     io_dtype: str = "uint8"
-    onnx_types: str = "u8u8"
+    onnx_types: str = "u8s8"
     onnx_calibration: str = "minmax"
     seed: int = 0
     search: bool = True

@@ -127,15 +127,16 @@ def _tflite_int8(model, calibration: Calibration, gate: float) -> tuple[bytes, d
 def _searched(fmt: str, quantize, ops: list[str], float_bytes: int, model, calibration: Calibration,
               gate: float) -> tuple[bytes, dict | None]:
     """quantize(()) when there is no search; else the precision search's choice and its recipe."""
-    from .precision import PrecisionSearchError, search_float_ops
+    from .precision import PrecisionSearchError, search_float_ops, search_target
 
     search = calibration.search
     if search is None:
         return quantize(()), None
     layers = {layer.name for layer in model.layers}
     # Aim above the gate: validation images chose the kept epoch, so the model is surer of them than of
-    # held-out ones (on a fine-tuned Lite0, 99.0% agreement on validation came out 97.55% held out).
-    target = min(1.0, gate + calibration.config.search_margin)
+    # held-out ones (on a fine-tuned Lite0, 99.0% agreement on validation came out 97.55% held out), and
+    # the fewer they are, the further off their estimate can be (search_target).
+    target = search_target(gate, len(search.images), calibration.config.search_margin)
     recipe = {"search_images": int(len(search.images)), "search_source": search.source, "target": target,
               "max_bytes": int(calibration.config.max_size_fraction * float_bytes)}
     try:
@@ -209,7 +210,7 @@ ARTIFACT_KINDS: dict[str, ArtifactKind] = {
     "tflite_int8": _kind("tflite_int8", 0.98, _tflite_int8, calibrated=True, advice=_INT8_ADVICE),
     "onnx_fp32": _kind("onnx_fp32", 0.995, _onnx_fp32, advice=_FLOAT_ADVICE),
     "onnx_int8": _kind("onnx_int8", 0.98, _onnx_int8, calibrated=True,
-                       advice=_INT8_ADVICE + " For ONNX also try --onnx-int8-types (u8u8, s8s8, u8s8)."),
+                       advice=_INT8_ADVICE + " For ONNX also try --onnx-calibration percentile."),
     "onnx_int8_tensorrt": _kind("onnx_int8_tensorrt", 0.98, _onnx_int8_tensorrt, calibrated=True,
                                 advice=_INT8_ADVICE),
 }

@@ -22,11 +22,12 @@ log = logging.getLogger("edgevision.export")
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
-# Activation x weight types for static int8. U8S8 (onnxruntime's default) is the fastest where the CPU
-# has int8 dot products (AVX-512 VNNI: 1.7x faster than fp32 on EfficientNet-Lite0 96 px) but saturates
-# on x86 CPUs with AVX2 and no VNNI (a quarter of the top-1 agreement lost when measured). S8S8 is turned
-# into U8S8 by onnxruntime's x86 loader, which misses the pairs around residual Adds: 14 convolutions and
-# every Add of Lite0 then ran in float. U8U8 behaves the same on every CPU: the default.
+# Activation x weight types for static int8. U8S8 (onnxruntime's own default) runs on its fastest kernels
+# where the CPU has int8 dot products: 0.50-0.99x fp32's time on every registry backbone at 224 px (AVX-512
+# VNNI), where U8U8 took 0.93-1.46x (docs/measured.md). On x86 CPUs without them U8S8 saturates, and the runtime then moves the
+# weights to uint8 on load (runtime/onnx_int8.py), which gives the same answers bit for bit: the default.
+# U8U8 is exact on every CPU as written, and slower. S8S8 is turned into U8S8 by onnxruntime's x86 loader,
+# which misses the pairs around residual Adds: 14 convolutions and every Add of Lite0 then ran in float.
 ONNX_INT8_TYPES = {"s8s8": ("QInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8"), "u8s8": ("QUInt8", "QInt8")}
 # The form TensorRT's explicit quantization takes (Jetson): signed int8 activations and weights, both
 # symmetric (zero point 0), per-channel weights, Q/DQ pairs on the inputs of the weighted ops and of the
@@ -135,7 +136,7 @@ class _Reader:
         return None if image is None else {INPUT_NAME: image[None].astype(np.float32)}
 
 
-def to_onnx_int8(fp32: bytes, images: np.ndarray, types: str = "u8u8", tensorrt: bool = False,
+def to_onnx_int8(fp32: bytes, images: np.ndarray, types: str = "u8s8", tensorrt: bool = False,
                  calibration: str = "minmax") -> bytes:
     """Static int8 in QDQ form, every node quantized (see OnnxInt8Quantizer)."""
     with OnnxInt8Quantizer(fp32, images, types, tensorrt=tensorrt, calibration=calibration) as quantizer:
@@ -153,7 +154,7 @@ class OnnxInt8Quantizer:
     `tensorrt`: the form TensorRT takes instead (TENSORRT_OP_TYPES; `types` is then s8s8, symmetric).
     Use as a context manager (it holds a temporary folder)."""
 
-    def __init__(self, fp32: bytes, images: np.ndarray, types: str = "u8u8", tensorrt: bool = False,
+    def __init__(self, fp32: bytes, images: np.ndarray, types: str = "u8s8", tensorrt: bool = False,
                  calibration: str = "minmax"):
         import onnx
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -206,6 +207,7 @@ class OnnxInt8Quantizer:
         )
         proto = onnx.load(target)
         uniform_weight_zero_points(proto)
+        half_float_weights(proto, set(keep_float))
         compact_tensor_names(proto)
         proto.producer_name = "edgevision"
         return proto.SerializeToString()
@@ -258,6 +260,36 @@ def zero_dead_channels(proto) -> int:
             kernel[dead] = 0
             weight.CopyFrom(numpy_helper.from_array(kernel, weight.name))
             changed += int(dead.sum())
+    return changed
+
+
+def half_float_weights(proto, nodes: set[str]) -> int:
+    """Store the weights of the float ops among `nodes` (Conv, Gemm, MatMul) as float16, cast back to float32
+    in the graph (onnxruntime folds the cast when it loads the model, so they compute in float32); returns
+    how many changed. Ops the precision search keeps in float then cost 2 bytes a weight instead of 4, so
+    more of them fit under the size cap (EfficientNet-Lite0 at 96 px needed its first 50 ops in float:
+    4.87 MB against a 4.86 MB cap). float16 keeps 11 significant bits, where int8 keeps 8: the search
+    measures the candidate with them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    initializers = {i.name: i for i in proto.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    changed = 0
+    for node in list(proto.graph.node):
+        if node.name not in nodes or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        weight = initializers.get(node.input[1])
+        if weight is None or weight.data_type != TensorProto.FLOAT or uses[weight.name] != 1:
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(weight).astype(np.float16), f"{weight.name}_fp16")
+        proto.graph.initializer.remove(weight)
+        proto.graph.initializer.append(half)
+        cast = helper.make_node("Cast", [half.name], [weight.name], to=TensorProto.FLOAT, name=f"{node.name}_weights")
+        proto.graph.node.insert(list(proto.graph.node).index(node), cast)
+        changed += 1
     return changed
 
 

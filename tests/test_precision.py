@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgevision.export.precision import PrecisionSearchError, search_float_ops
+from edgevision.export.precision import PrecisionSearchError, search_float_ops, search_target
 
 OPS = [f"op{i}" for i in range(20)]
 
@@ -24,6 +24,17 @@ def _model(agreement_by_k, bytes_per_float_op=10, base=1000):
         return agreement_by_k((len(content) - base) // bytes_per_float_op)
 
     return quantize, agreement, calls
+
+
+def test_the_aim_rises_as_the_search_images_get_fewer():
+    assert search_target(0.98, 2000, 0.01) == pytest.approx(0.99)  # the minimum margin from 100 images up
+    assert search_target(0.98, 100, 0.01) == pytest.approx(0.99)
+    assert search_target(0.98, 25, 0.01) == pytest.approx(0.98 + 0.02)  # twice the margin at a quarter
+    assert search_target(0.98, 50, 0.01) == pytest.approx(0.98 + 0.01 * 2 ** 0.5)
+    assert search_target(0.98, 10, 0.01) == 1.0  # 3.2 points past the gate: capped
+    assert search_target(0.98, 10, 0.0) == 0.98
+    with pytest.raises(ValueError, match="at least one image"):
+        search_target(0.98, 0, 0.01)
 
 
 def test_full_int8_is_kept_when_it_agrees():

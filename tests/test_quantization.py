@@ -73,7 +73,8 @@ def test_every_int8_bias_holds_its_float_value_after_folding(backbone):
 
 
 @pytest.mark.slow
-def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kernels(tmp_path):
+@pytest.mark.parametrize("types", ["u8s8", "u8u8"])
+def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kernels(tmp_path, types):
     """An all-zero weight channel (Lite0 has five after folding) got zero point 0 next to 128 from
     onnxruntime's quantizer, which sends the convolution to a slow generic kernel."""
     import onnx
@@ -81,6 +82,7 @@ def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kerne
     from onnx import numpy_helper
 
     from edgevision.export.onnx import to_onnx_fp32, to_onnx_int8
+    from edgevision.runtime.onnx_int8 import signed_weights_saturate, unsigned_weights
 
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
@@ -101,7 +103,7 @@ def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kerne
     handler.emit = lambda record: warnings.append(record.getMessage())
     logging.getLogger().addHandler(handler)
     try:
-        content = to_onnx_int8(to_onnx_fp32(model), _photos(16, SIZE), "u8u8")
+        content = to_onnx_int8(to_onnx_fp32(model), _photos(16, SIZE), types)
     finally:
         logging.getLogger().removeHandler(handler)
     assert not [w for w in warnings if "exceeds the range of a int32" in w], warnings
@@ -114,7 +116,9 @@ def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kerne
 
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    session = ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
+    # What the runtime's engine loads on this CPU (signed weights saturate on x86 without VNNI).
+    loaded = unsigned_weights(content)[0] if signed_weights_saturate() else content
+    session = ort.InferenceSession(loaded, options, providers=["CPUExecutionProvider"])
     ran = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
     assert "Conv" not in ran and ran.count("QLinearConv") == 2, ran
     # and it still computes the model
@@ -190,6 +194,40 @@ def test_tensorrt_form_is_signed_symmetric_qdq_on_every_weighted_op():
     session = ort.InferenceSession(content, providers=["CPUExecutionProvider"])
     photos = _photos(16, SIZE)
     probs = session.run(None, {INPUT_NAME: photos.astype(np.float32)})[0]
+    assert np.abs(probs - model.predict(photos.astype(np.float32), verbose=0)).max() < 0.05
+
+
+def test_onnx_ops_kept_in_float_store_their_weights_as_float16():
+    """The precision search's float ops cost 2 bytes a weight: float16 initializers cast to float32 in the
+    graph, the rest still int8, and the model still computes the float one."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, numpy_helper
+
+    from edgevision.export.onnx import OnnxInt8Quantizer, to_onnx_fp32
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(16, 3, activation="relu6", name="first")(x)
+    x = keras.layers.Conv2D(16, 1, activation="relu6", name="second")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    fp32 = to_onnx_fp32(model)
+    with OnnxInt8Quantizer(fp32, _photos(16, SIZE)) as quantizer:
+        first_conv = next(n for n in quantizer.nodes if "/first" in n and n.endswith("/convolution"))
+        full, kept = quantizer.quantize(()), quantizer.quantize([first_conv])
+    proto = onnx.load_from_string(kept)
+    initializers = {i.name: i for i in proto.graph.initializer}
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    convs = [node for node in proto.graph.node if node.op_type == "Conv"]
+    float_conv = [c for c in convs if producers[c.input[1]].op_type == "Cast"]
+    assert len(float_conv) == 1 and len(convs) == 2
+    cast = producers[float_conv[0].input[1]]
+    assert initializers[cast.input[0]].data_type == TensorProto.FLOAT16
+    assert not [i for i in proto.graph.initializer if i.data_type == TensorProto.FLOAT and i.dims and
+                numpy_helper.to_array(i).size >= 16 * 3 * 3 * 3]  # no float32 weights left
+    assert len(kept) < len(full) + 16 * 3 * 3 * 3 * 2 + 500  # the float weights at 2 bytes each
+    photos = _photos(8, SIZE)
+    probs = ort.InferenceSession(kept, providers=["CPUExecutionProvider"]).run(None, {"image": photos.astype(np.float32)})[0]
     assert np.abs(probs - model.predict(photos.astype(np.float32), verbose=0)).max() < 0.05
 
 
