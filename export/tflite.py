@@ -127,6 +127,33 @@ def to_tflite_int8(model, images: np.ndarray, io_dtype: str = "uint8") -> bytes:
     return Int8Quantizer(model, images).quantize((), io_dtype)
 
 
+def split_hard_swish(model):
+    """`model` with every hard-swish activation layer written as (x / 6) * relu6(x + 3).
+
+    The converter fuses the usual forms into TFLite's HARD_SWISH op, which LiteRT's XNNPACK delegate runs in
+    float only: in an int8 model each one left the delegate, and MobileNetV3 Small (18 of them) ran 2.5x
+    slower than fp32. Written this way the converter leaves an ADD with a fused ReLU6 and two MULs, which
+    XNNPACK runs in int8. The same function; the model is returned as it is when it has no hard-swish."""
+    import keras
+
+    def is_hard_swish(op) -> bool:
+        return (isinstance(op, keras.layers.Activation)
+                and op.get_config().get("activation") in ("hard_swish", "hard_silu"))  # Keras 3 names it hard_silu
+
+    if not any(is_hard_swish(layer) for layer in model.layers):
+        return model
+
+    def call(op, *args, **kwargs):
+        if is_hard_swish(op):
+            x = args[0]
+            return keras.ops.multiply(x * (1.0 / 6.0), keras.ops.relu6(x + 3.0))
+        return op(*args, **kwargs)
+
+    inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name) for x in model.inputs]
+    outputs = model._run_through_graph(inputs[0] if len(inputs) == 1 else inputs, call_fn=call)
+    return keras.Model(inputs, outputs, name=model.name)
+
+
 class Int8Quantizer:
     """Calibrate once, then write int8 models, optionally with chosen ops kept in float.
 
@@ -148,7 +175,7 @@ class Int8Quantizer:
             for image in images:
                 yield [image[None].astype(np.float32)]
 
-        converter = _converter(model)
+        converter = _converter(split_hard_swish(model))
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]

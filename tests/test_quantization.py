@@ -231,6 +231,31 @@ def test_onnx_ops_kept_in_float_store_their_weights_as_float16():
     assert np.abs(probs - model.predict(photos.astype(np.float32), verbose=0)).max() < 0.05
 
 
+def test_hard_swish_is_split_into_ops_that_xnnpack_runs_in_int8():
+    """TFLite's HARD_SWISH runs in float only under XNNPACK: each one split an int8 MobileNetV3 into
+    another delegate partition. Split, it is the same function and the whole int8 graph is one partition."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgevision.export.tflite import Int8Quantizer, split_hard_swish
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Activation("hard_swish")(keras.layers.Conv2D(8, 3)(x))
+    x = keras.layers.Activation("hard_swish")(keras.layers.DepthwiseConv2D(3)(x))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x)))
+    split = split_hard_swish(model)
+    assert not [layer for layer in split.layers if isinstance(layer, keras.layers.Activation)]
+    photos = _photos(8, SIZE).astype(np.float32)
+    np.testing.assert_allclose(split.predict(photos, verbose=0), model.predict(photos, verbose=0), atol=1e-6)
+    assert split_hard_swish(split) is split  # nothing left to split
+
+    interpreter = Interpreter(model_content=Int8Quantizer(model, _photos(16, SIZE)).quantize(), num_threads=1)
+    interpreter.allocate_tensors()
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    assert "HARD_SWISH" not in ops and ops.count("MUL") >= 4
+    assert ops.count("DELEGATE") == 1, ops
+
+
 @pytest.mark.slow
 def test_int8_speed_benchmark_prints_every_format_of_a_backbone(capsys, monkeypatch):
     """benchmarks/int8_speed.py, at a tiny size: both engines' fp32 and int8 figures, their ratio, the
