@@ -331,6 +331,12 @@ def _parity(classifier, images, labels, reference: np.ndarray) -> dict:
 def _failure_message(name: str, kind: ArtifactKind, metrics: dict, quantization: QuantizationConfig) -> str:
     short = (kind.min_agreement - metrics["agreement"]) * 100
     advice = kind.advice.format(n=quantization.calibration_images)
+    search = metrics.get("precision_search") or {}
+    if "search_agreement" in search:
+        # The search met its aim on its own images, and the held-out ones disagree: its estimate was off.
+        advice = (f"The precision search estimated {search['search_agreement']:.1%} on {search['search_images']} "
+                  f"{search['search_source']} (aim {search['target']:.1%}); more validation images give it a truer "
+                  f"estimate. {advice}")
     return (
         f"{name} agrees with the trained model on {metrics['agreement']:.1%} of {metrics['heldout_images']} "
         f"held-out images, {short:.1f} points below the {kind.min_agreement:.1%} required for {kind.precision}. "

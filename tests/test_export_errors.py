@@ -277,3 +277,21 @@ def test_force_writes_a_failing_bundle_marked_as_failing(run_dir, tmp_path, impo
     assert "FAIL" in (out / "report.md").read_text()
     assert sorted(p.name for p in out.iterdir()) == [BUNDLE_FILE, "golden.npz", "model_fp32.tflite", "report.md"]
     assert _hidden_leftovers(tmp_path) == []
+
+
+def test_a_searched_int8_that_fails_its_gate_says_what_the_search_estimated():
+    """The search met its aim on the validation images and the held-out ones disagreed: the message says
+    how far off the search's estimate was and what would make it truer."""
+    from edgevision.export.calibration import QuantizationConfig
+
+    metrics = {"agreement": 0.974, "heldout_images": 2000,
+               "precision_search": {"search_agreement": 0.99, "search_images": 100,
+                                    "search_source": "validation images", "target": 0.99}}
+    message = exporter._failure_message("model_int8_tensorrt.onnx", ARTIFACT_KINDS["onnx_int8_tensorrt"], metrics,
+                                        QuantizationConfig())
+    assert "97.4% of 2000 held-out images, 0.6 points below the 98.0% required for int8_symmetric" in message
+    assert "estimated 99.0% on 100 validation images (aim 99.0%); more validation images" in message
+    assert message.endswith("--force writes the bundle anyway, marked as failing.")
+    del metrics["precision_search"]  # full int8, no search: the calibration advice only
+    assert "estimated" not in exporter._failure_message("model_int8.onnx", ARTIFACT_KINDS["onnx_int8"], metrics,
+                                                        QuantizationConfig())
