@@ -20,8 +20,6 @@ ENGINES = {
     "litert": {"any": ("ai-edge-litert==2.3.0",)},
     "onnxruntime": {"3.10": ("onnxruntime==1.23.2",), "newer": ("onnxruntime==1.32.0",)},  # 1.24+ needs 3.11
 }
-# On x86-64 the ONNX engine may rewrite an int8 model's weights on load (runtime/onnx_int8.py); Arm never does.
-ONNX_REWRITE = {"x86_64": {"any": ("onnx==1.23.2",)}}
 
 
 def _for(python: str, pins: dict) -> tuple[str, ...]:
@@ -52,6 +50,4 @@ def runtime_requirements(profile: DeviceProfile, python: str, engines: set[str] 
         lines.append(OPENCV[major])
     for engine in sorted(engines):
         lines.extend(_for(python, ENGINES[engine]))
-    if "onnxruntime" in engines and profile.platform.machine in ONNX_REWRITE:
-        lines.extend(_for(python, ONNX_REWRITE[profile.platform.machine]))
     return lines

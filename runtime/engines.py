@@ -25,7 +25,7 @@ from edgevision.tflogs import quiet_litert
 
 from .bundle import Artifact, BundleError, TensorSpec
 from .model_io import EngineError, InputCodec, ModelInterface, OutputCodec, dequantize, quantize
-from .onnx_int8 import signed_weights_saturate, unsigned_weights
+from .onnx_int8 import EXACT_INT8_OPTION, signed_weights_saturate
 
 __all__ = ["DEFAULT_ENGINE", "ENGINES", "Engine", "EngineError", "EngineUnavailableError", "LiteRTEngine",
            "OnnxEngine", "check_engine_name", "check_threads", "dequantize", "engine_available", "open_engine",
@@ -319,37 +319,13 @@ def _session_providers(providers: list[str], artifact: Artifact) -> list:
     return chosen
 
 
-def _cpu_only(session_providers: list) -> bool:
-    return all((p[0] if isinstance(p, tuple) else p) == "CPUExecutionProvider" for p in session_providers)
-
-
-def _exact_on_this_cpu(path: Path, where: str) -> tuple[str | bytes, int]:
-    """The model to load on a CPU whose u8 x s8 kernels saturate (see onnx_int8): its signed weights
-    moved to uint8, or the file as it is (with a warning) where the `onnx` package is missing."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        logger.warning("%s: this CPU has no int8 dot products, so onnxruntime's signed-weight kernels can saturate "
-                       "and change answers; install the onnx package (%s) to run it exactly", where, ONNX_EXTRA)
-        return str(path), 0
-    try:
-        content, changed = unsigned_weights(path.read_bytes())
-    except Exception as error:  # onnx raises DecodeError and others for a broken file
-        raise EngineError(f"onnxruntime could not load {where}: {error}") from None
-    if not changed:
-        return str(path), 0
-    logger.info("%s: no int8 dot products on this CPU; %d signed weight tensors moved to uint8, computed exactly",
-                where, changed)
-    return content, changed
-
-
 class OnnxEngine(Engine):
     """ONNX models through onnxruntime: TensorRT or CUDA execution providers where present, else CPU.
 
     ONNX has no quantization parameters on graph inputs and outputs: an integer input or output uses the
     scale and zero-point that bundle.json gives (QDQ models keep float32 inputs and outputs). On an x86
-    CPU without int8 dot products, an int8 model's signed weights are moved to uint8 on load, so that it
-    gives the same answers as anywhere else (see onnx_int8; `unsigned_weights` counts the tensors moved).
+    CPU without int8 dot products an int8 model runs on onnxruntime's exact (u8u8) kernels, so that it gives
+    the same answers as anywhere else (see onnx_int8; `exact_int8_kernels` says whether it does).
     """
 
     name = "onnxruntime"
@@ -378,12 +354,14 @@ class OnnxEngine(Engine):
         wanted = providers or ONNX_PROVIDERS
         # Providers the profile asks for that this onnxruntime build lacks are skipped (CPU always remains).
         self.providers = [p for p in wanted if p in available] or list(available)
-        session_providers = _session_providers(self.providers, artifact)
-        model, self.unsigned_weights = str(self.path), 0
-        if artifact.precision in ONNX_INT8_PRECISIONS and _cpu_only(session_providers) and signed_weights_saturate():
-            model, self.unsigned_weights = _exact_on_this_cpu(self.path, where)
+        # On x86 CPUs without VNNI, int8 runs on onnxruntime's non-saturating kernels (see onnx_int8); the
+        # option touches only what runs on the CPU, so it also holds where some nodes fall back to it.
+        self.exact_int8_kernels = artifact.precision in ONNX_INT8_PRECISIONS and signed_weights_saturate()
+        if self.exact_int8_kernels:
+            options.add_session_config_entry(EXACT_INT8_OPTION, "1")
         try:
-            self._session = ort.InferenceSession(model, sess_options=options, providers=session_providers)
+            self._session = ort.InferenceSession(str(self.path), sess_options=options,
+                                                 providers=_session_providers(self.providers, artifact))
         except Exception as error:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
             raise EngineError(f"onnxruntime could not load {where}: {error}") from None
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()

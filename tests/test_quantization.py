@@ -82,7 +82,7 @@ def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kerne
     from onnx import numpy_helper
 
     from edgevision.export.onnx import to_onnx_fp32, to_onnx_int8
-    from edgevision.runtime.onnx_int8 import signed_weights_saturate, unsigned_weights
+    from edgevision.runtime.onnx_int8 import EXACT_INT8_OPTION
 
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
@@ -114,13 +114,13 @@ def test_onnx_int8_weights_share_one_zero_point_per_tensor_and_run_on_int8_kerne
                    and initializers.get(node.input[2]) is not None and initializers[node.input[2]].ndim == 1]
     assert per_channel and all(len(np.unique(points)) == 1 for points in per_channel)
 
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    # What the runtime's engine loads on this CPU (signed weights saturate on x86 without VNNI).
-    loaded = unsigned_weights(content)[0] if signed_weights_saturate() else content
-    session = ort.InferenceSession(loaded, options, providers=["CPUExecutionProvider"])
-    ran = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
-    assert "Conv" not in ran and ran.count("QLinearConv") == 2, ran
+    for exact in ("0", "1"):  # onnxruntime's fast kernels, and the exact ones CPUs without VNNI get
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"optimized{exact}.onnx")
+        options.add_session_config_entry(EXACT_INT8_OPTION, exact)
+        session = ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
+        ran = [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+        assert "Conv" not in ran and ran.count("QLinearConv") == 2, ran
     # and it still computes the model
     photos = _photos(8, SIZE)
     probs = session.run(None, {"image": photos.astype(np.float32)})[0]
