@@ -334,9 +334,10 @@ def _failure_message(name: str, kind: ArtifactKind, metrics: dict, quantization:
     search = metrics.get("precision_search") or {}
     if "search_agreement" in search:
         # The search met its aim on its own images, and the held-out ones disagree: its estimate was off.
+        truer = ("more validation images give it" if search["search_source"] == "validation images"
+                 else "a run with a validation split gives it")
         advice = (f"The precision search estimated {search['search_agreement']:.1%} on {search['search_images']} "
-                  f"{search['search_source']} (aim {search['target']:.1%}); more validation images give it a truer "
-                  f"estimate. {advice}")
+                  f"{search['search_source']} (aim {search['target']:.1%}); {truer} a truer estimate. {advice}")
     return (
         f"{name} agrees with the trained model on {metrics['agreement']:.1%} of {metrics['heldout_images']} "
         f"held-out images, {short:.1f} points below the {kind.min_agreement:.1%} required for {kind.precision}. "

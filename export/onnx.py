@@ -24,8 +24,9 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probs"
 # Activation x weight types for static int8. U8S8 (onnxruntime's own default) runs on its fastest kernels
 # where the CPU has int8 dot products: 0.50-0.99x fp32's time on every registry backbone at 224 px (AVX-512
-# VNNI), where U8U8 took 0.93-1.46x (docs/measured.md). On x86 CPUs without them U8S8 saturates, and the runtime then moves the
-# weights to uint8 on load (runtime/onnx_int8.py), which gives the same answers bit for bit: the default.
+# VNNI), where U8U8 took 0.93-1.46x (docs/measured.md). On x86 CPUs without them U8S8 saturates; the
+# runtime then runs it on onnxruntime's exact u8u8 kernels (runtime/onnx_int8.py), with the same answers
+# bit for bit: the default.
 # U8U8 is exact on every CPU as written, and slower. S8S8 is turned into U8S8 by onnxruntime's x86 loader,
 # which misses the pairs around residual Adds: 14 convolutions and every Add of Lite0 then ran in float.
 ONNX_INT8_TYPES = {"s8s8": ("QInt8", "QInt8"), "u8u8": ("QUInt8", "QUInt8"), "u8s8": ("QUInt8", "QInt8")}
@@ -284,7 +285,10 @@ def half_float_weights(proto, nodes: set[str]) -> int:
         weight = initializers.get(node.input[1])
         if weight is None or weight.data_type != TensorProto.FLOAT or uses[weight.name] != 1:
             continue
-        half = numpy_helper.from_array(numpy_helper.to_array(weight).astype(np.float16), f"{weight.name}_fp16")
+        values = numpy_helper.to_array(weight).astype(np.float16)
+        if not np.isfinite(values).all():
+            continue  # past float16's range (65504): stays float32
+        half = numpy_helper.from_array(values, f"{weight.name}_fp16")
         proto.graph.initializer.remove(weight)
         proto.graph.initializer.append(half)
         cast = helper.make_node("Cast", [half.name], [weight.name], to=TensorProto.FLOAT, name=f"{node.name}_weights")

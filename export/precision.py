@@ -46,10 +46,10 @@ def search_target(gate: float, images: int, minimum_margin: float) -> float:
     plus `minimum_margin`, grown as 1 / sqrt(images) below MARGIN_MEASURED_AT images, at most 1.
 
     The search images decide the answer, so their estimate of the chosen candidate is optimistic (it is the
-    first that looked good enough), and the fewer they are, the more. Measured with 100 validation images
-    and 2,000 held-out ones, the chosen candidates lost 0.01 to 0.85 points between the two, within the
-    1-point minimum margin (and 1.9 points for a form that was then wrong in another way). The estimate's
-    error grows as 1 / sqrt(images): 1.4 points at 50 images, 2 points at 25."""
+    first that looked good enough), and the fewer they are, the more. Measured on three models with 100 or
+    500 validation images and 2,000 or more held-out ones: the chosen candidates lost 0.35 to 1.07 points
+    between the two, and one 1.6 (which its gate refused; docs/measured.md). The estimate's error grows as
+    1 / sqrt(images): at a 98% gate and a 1-point margin, 1.4 points at 50 images, 100% from 25 down."""
     if images < 1:
         raise ValueError(f"images {images!r} is invalid; the search needs at least one image")
     return min(1.0, gate + minimum_margin * max(1.0, (MARGIN_MEASURED_AT / images) ** 0.5))
