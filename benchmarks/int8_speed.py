@@ -8,8 +8,9 @@ Each backbone gets a new 10-class head and is folded and converted as `edgevisio
 (int8 calibrated on 16 real photos, full int8: no ops kept in float). EfficientNet-Lite0 uses its
 ImageNet weights, whose near-dead channels once sent ONNX int8 to a slow kernel; the other backbones'
 ImageNet weights are not installed offline and run with random ones whose BatchNorm statistics are set
-on the photos as training would set them (settle_batchnorm), so that int8 meets realistic ranges. Timing: `rounds` rounds, each running every artifact `repeats`
-times in turn after a warm-up; an artifact's figure is the median of its round medians. The target:
+on the photos as training would set them (settle_batchnorm), so that int8 meets realistic ranges.
+Timing: `rounds` rounds, each running every artifact `repeats` times in turn after a warm-up; an
+artifact's figure is the median of its round medians. The target:
 int8 no slower than fp32 where the CPU has int8 dot products (AVX-512 VNNI, Arm's dot product), within
 10% where it has not.
 """
