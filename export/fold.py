@@ -77,6 +77,11 @@ def _new_inputs(model):
     return [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name) for x in model.inputs]
 
 
+def _one_or_list(inputs: list):
+    # A one-input model built from a list expects a list: called with a tensor, Keras warns on every call.
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
 def _check_functional(model) -> None:
     if _functional_of(model) is None:
         raise TypeError(
@@ -116,7 +121,7 @@ def flatten(model, report: FoldReport | None = None):
     graph = _functional_of(model)
     inputs = _new_inputs(graph)
     outputs = graph._run_through_graph(inputs[0] if len(inputs) == 1 else inputs, call_fn=call)
-    return keras.Model(inputs, outputs, name=f"{model.name}_flat")
+    return keras.Model(_one_or_list(inputs), outputs, name=f"{model.name}_flat")
 
 
 def _producer(tensor):
@@ -264,7 +269,7 @@ def fold_batchnorm(model):
 
     inputs = _new_inputs(flat)
     outputs = flat._run_through_graph(inputs[0] if len(inputs) == 1 else inputs, call_fn=call)
-    folded = keras.Model(inputs, outputs, name=f"{model.name}_folded")
+    folded = keras.Model(_one_or_list(inputs), outputs, name=f"{model.name}_folded")
     return folded, report
 
 

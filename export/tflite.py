@@ -151,7 +151,7 @@ def split_hard_swish(model):
 
     inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name) for x in model.inputs]
     outputs = model._run_through_graph(inputs[0] if len(inputs) == 1 else inputs, call_fn=call)
-    return keras.Model(inputs, outputs, name=model.name)
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs, name=model.name)
 
 
 class Int8Quantizer:

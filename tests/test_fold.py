@@ -96,7 +96,7 @@ def spread_head(model, pictures: np.ndarray, head: str) -> None:
     """Scale the softmax head so its logits have a spread of about 2: probabilities that are neither
     saturated (which would hide errors) nor uniform."""
     layer = model.get_layer(head)
-    features = np.asarray(keras.Model(model.inputs, layer.input)(pictures.astype("float32")))
+    features = np.asarray(keras.Model(model.inputs[0], layer.input)(pictures.astype("float32")))
     kernel, bias = layer.get_weights()
     mean = features.mean(0)
     kernel = kernel * (2.0 / max(1e-6, float(((features - mean) @ kernel).std())))
