@@ -46,17 +46,22 @@ class SpeedRow:
 
 
 def int8_dot_products() -> tuple[str, bool]:
-    """This CPU's model and whether it has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI, Arm's
-    asimddp)."""
+    """This CPU's model and whether it has int8 dot-product instructions: on x86, as the ONNX engine decides
+    it (runtime/onnx_int8.py, AVX-512 VNNI read with CPUID); on Arm, the asimddp flag."""
+    import platform
+
+    from edgevision.runtime.onnx_int8 import X86_MACHINES, signed_weights_saturate
     from edgevision.runtime.preview_bench import cpu_model
 
-    model, vnni = cpu_model()
+    model, _ = cpu_model()
+    if platform.machine().lower() in X86_MACHINES:
+        return model, not signed_weights_saturate()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             flags = set(cpuinfo.read().split())
     except OSError:
         flags = set()
-    return model, vnni or bool(flags & {"avx_vnni", "asimddp"})
+    return model, "asimddp" in flags
 
 
 def settle_batchnorm(model, images: np.ndarray) -> None:
