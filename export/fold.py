@@ -119,9 +119,9 @@ def flatten(model, report: FoldReport | None = None):
         return result
 
     graph = _functional_of(model)
-    inputs = _new_inputs(graph)
-    outputs = graph._run_through_graph(inputs[0] if len(inputs) == 1 else inputs, call_fn=call)
-    return keras.Model(_one_or_list(inputs), outputs, name=f"{model.name}_flat")
+    inputs = _one_or_list(_new_inputs(graph))
+    outputs = graph._run_through_graph(inputs, call_fn=call)
+    return keras.Model(inputs, outputs, name=f"{model.name}_flat")
 
 
 def _producer(tensor):
@@ -267,9 +267,9 @@ def fold_batchnorm(model):
             report.unfolded.append(op.name)
         return op(*args, **kwargs)
 
-    inputs = _new_inputs(flat)
-    outputs = flat._run_through_graph(inputs[0] if len(inputs) == 1 else inputs, call_fn=call)
-    folded = keras.Model(_one_or_list(inputs), outputs, name=f"{model.name}_folded")
+    inputs = _one_or_list(_new_inputs(flat))
+    outputs = flat._run_through_graph(inputs, call_fn=call)
+    folded = keras.Model(inputs, outputs, name=f"{model.name}_folded")
     return folded, report
 
 

@@ -136,6 +136,8 @@ def split_hard_swish(model):
     XNNPACK runs in int8. The same function; the model is returned as it is when it has no hard-swish."""
     import keras
 
+    from .fold import _new_inputs, _one_or_list
+
     def is_hard_swish(op) -> bool:
         return (isinstance(op, keras.layers.Activation)
                 and op.get_config().get("activation") in ("hard_swish", "hard_silu"))  # Keras 3 names it hard_silu
@@ -149,9 +151,8 @@ def split_hard_swish(model):
             return keras.ops.multiply(x * (1.0 / 6.0), keras.ops.relu6(x + 3.0))
         return op(*args, **kwargs)
 
-    inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name) for x in model.inputs]
-    outputs = model._run_through_graph(inputs[0] if len(inputs) == 1 else inputs, call_fn=call)
-    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs, name=model.name)
+    inputs = _one_or_list(_new_inputs(model))
+    return keras.Model(inputs, model._run_through_graph(inputs, call_fn=call), name=model.name)
 
 
 class Int8Quantizer:
